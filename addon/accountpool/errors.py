@@ -1,0 +1,91 @@
+"""OpenAI-shaped error answers, including the aggregated "pool exhausted" one (SPEC §3, §5).
+
+Clients (SDKs, Codex CLI) parse `{"error": {"message", "type", "code"}}`; keeping our own
+answers in that shape means they show the operator a useful message instead of a parse error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .models import LIMIT_CLASSES, FailureClass, SkipReason
+
+
+@dataclass(frozen=True)
+class ErrorAnswer:
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+    outcome: FailureClass = FailureClass.INTERNAL_ERROR
+    brief: str = ""
+
+
+def openai_error(status: int, message: str, *, type: str, code: str | None,
+                 outcome: FailureClass, headers: tuple[tuple[str, str], ...] = (), **extra: object) -> ErrorAnswer:
+    payload = {"error": {"message": message, "type": type, "code": code, "param": None, **extra}}
+    return ErrorAnswer(status, json.dumps(payload).encode(), (("content-type", "application/json"), *headers),
+                       outcome, message[:300])
+
+
+def client_auth_error(reason: str) -> ErrorAnswer:
+    return openai_error(401, f"accountpool: {reason}. Send a client key created with "
+                        "`accountpool client-key create` as `Authorization: Bearer <key>`.",
+                        type="invalid_request_error", code="invalid_client_key",
+                        outcome=FailureClass.CLIENT_AUTH_FAILED)
+
+
+def bad_request(message: str, *, status: int = 400, code: str = "invalid_request") -> ErrorAnswer:
+    return openai_error(status, f"accountpool: {message}", type="invalid_request_error", code=code,
+                        outcome=FailureClass.BAD_CLIENT_REQUEST)
+
+
+def internal_error(message: str) -> ErrorAnswer:
+    return openai_error(500, f"accountpool: internal error ({message}); the request was not forwarded",
+                        type="server_error", code="accountpool_internal_error",
+                        outcome=FailureClass.INTERNAL_ERROR)
+
+
+@dataclass
+class FailureLog:
+    """What went wrong across the attempts of one client request, for the final answer."""
+
+    failures: list[tuple[str, FailureClass, str]] = field(default_factory=list)
+    """(account display name, class, brief) per failed attempt."""
+    cooldown_ends: list[float] = field(default_factory=list)
+
+    def add(self, account: str, cls: FailureClass, brief: str, cooldown_until: float | None) -> None:
+        self.failures.append((account, cls, brief))
+        if cooldown_until:
+            self.cooldown_ends.append(cooldown_until)
+
+
+def pool_exhausted(log: FailureLog, skipped: list[SkipReason], *, now: float) -> ErrorAnswer:
+    """429 when only limits stand in the way, 503 when nothing could be tried, 502 when all tries failed."""
+    limit_skips = [s for s in skipped if s.reason in ("cooldown", "model_cooldown", "usage_exhausted")]
+    classes = Counter(cls.value for _, cls, _ in log.failures)
+    classes.update(f"skipped:{s.reason}" for s in skipped)
+    summary = ", ".join(f"{n} {name}" for name, n in classes.most_common()) or "no accounts in the pool"
+    example = ""
+    if log.failures:
+        account, _cls, brief = log.failures[-1]
+        example = f'; e.g. "{account}": {brief}'
+    elif skipped:
+        s = skipped[0]
+        example = f'; e.g. "{s.label}": {s.reason}' + (f" ({s.detail})" if s.detail else "")
+    only_limits = bool(log.failures or limit_skips) and all(cls in LIMIT_CLASSES for _, cls, _ in log.failures) \
+        and all(s.reason in ("cooldown", "model_cooldown", "usage_exhausted", "disabled", "endpoint",
+                             "not_pinned") for s in skipped) and (log.failures or limit_skips)
+    ends = [t for t in log.cooldown_ends if t > now] + [s.until for s in limit_skips if s.until and s.until > now]
+    if only_limits:
+        retry_after = max(1, math.ceil(min(ends) - now)) if ends else 60
+        return openai_error(429, f"accountpool: every account is rate or quota limited ({summary}){example}",
+                            type="rate_limit_error", code="pool_rate_limited", outcome=FailureClass.POOL_EXHAUSTED,
+                            headers=(("retry-after", str(retry_after)),))
+    if not log.failures:
+        return openai_error(503, f"accountpool: no account can serve this request ({summary}){example}",
+                            type="server_error", code="pool_unavailable", outcome=FailureClass.POOL_EXHAUSTED)
+    return openai_error(502, f"accountpool: every attempt failed ({summary}){example}",
+                        type="server_error", code="pool_attempts_failed", outcome=FailureClass.POOL_EXHAUSTED)

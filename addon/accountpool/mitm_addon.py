@@ -1,0 +1,381 @@
+"""The mitmproxy addon: admit pooled requests and hand them to the relay (docs/DESIGN.md).
+
+Hooks stay thin. `requestheaders` decides whether a flow is pooled and takes the client's key
+out of it; `request` authenticates, validates and parses the body, then points the flow at the
+relay on 127.0.0.1 with a one-time ticket; `responseheaders` streams the relay's answer.
+Any exception in a pooled flow's hook answers the client with an error: mitmproxy would
+otherwise forward the flow unmodified (fail-open), and this addon fails closed (SPEC §10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import ipaddress
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from typing import Any
+
+import httpx
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy.mode_specs import ReverseMode
+from mitmproxy.utils.asyncio_utils import create_task
+
+from . import errors
+from .errors import ErrorAnswer
+from .metrics_writer import ClientKeyUse, MetricsWriter, RequestRecord
+from .oauth import DEFAULT_TOKEN_URL
+from .paths import default_db_path, secrets_path_for
+from .pool_view import PoolView
+from .relay import Relay
+from .router import Admitted, Router, RouterConfig
+from .store import match_client_key
+from .upstream_request import DEFAULT_CHATGPT_BASE
+
+log = logging.getLogger("accountpool")
+
+POOLED = "accountpool.pooled"
+CLIENT_KEY_HEADERS = ("authorization", "x-api-key", "api-key")
+SESSION_HEADERS = ("session_id", "x-session-id", "conversation-id", "conversation_id")
+FAILED_AUTH_WINDOW_S = 60.0
+FAILED_AUTH_LIMIT = 10
+
+
+def bearer_value(value: str) -> str:
+    value = value.strip()
+    return value[7:].strip() if value[:7].lower() == "bearer " else value
+
+
+def proxy_auth_key(value: str | None) -> str | None:
+    """The client key from `Proxy-Authorization: Basic base64(user:KEY)` (regular mode, e.g. Codex)."""
+    if not value or not value[:6].lower() == "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(value[6:].strip()).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return decoded.split(":", 1)[1] if ":" in decoded else decoded
+
+
+def session_key(headers: http.Headers, body: dict[str, Any] | None) -> str | None:
+    """A hash of the conversation identity: affinity keeps a conversation on one account."""
+    raw = next((headers[h] for h in SESSION_HEADERS if h in headers), None)
+    if raw is None and body is not None:
+        for field in ("prompt_cache_key", "previous_response_id"):
+            if isinstance(body.get(field), str) and body[field]:
+                raw = f"{field}:{body[field]}"
+                break
+    return hashlib.sha256(raw.encode()).hexdigest()[:24] if raw else None
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class FailedAuthThrottle:
+    """Slows brute force on client keys: too many failures from one address → 429 for a while."""
+
+    def __init__(self, limit: int = FAILED_AUTH_LIMIT, window_s: float = FAILED_AUTH_WINDOW_S) -> None:
+        self.limit, self.window_s = limit, window_s
+        self._failures: dict[str, deque[float]] = {}
+
+    def blocked(self, source: str, now: float) -> bool:
+        q = self._failures.get(source)
+        while q and q[0] < now - self.window_s:
+            q.popleft()
+        return bool(q) and len(q) >= self.limit
+
+    def failed(self, source: str, now: float) -> None:
+        self._failures.setdefault(source, deque()).append(now)
+        if len(self._failures) > 10_000:
+            self._failures.pop(next(iter(self._failures)))
+
+
+class BadRequest(Exception):
+    def __init__(self, answer: ErrorAnswer) -> None:
+        super().__init__(answer.brief)
+        self.answer = answer
+
+
+def parse_body(method: str, content: bytes, content_type: str) -> dict[str, Any] | None:
+    """Validate what routing needs from the body; anything else is the upstream's business."""
+    if method != "POST" or not content:
+        return None
+    import json
+
+    if "json" not in content_type and not content.lstrip()[:1] == b"{":
+        return None
+    try:
+        doc = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(errors.bad_request("the request body is not valid JSON")) from None
+    if not isinstance(doc, dict):
+        raise BadRequest(errors.bad_request("the request body must be a JSON object"))
+    if "model" in doc and not isinstance(doc["model"], str):
+        raise BadRequest(errors.bad_request("`model` must be a string"))
+    if "stream" in doc and not isinstance(doc["stream"], bool) and doc["stream"] is not None:
+        raise BadRequest(errors.bad_request("`stream` must be a boolean"))
+    return doc
+
+
+class AccountPool:
+    def __init__(self) -> None:
+        self.view: PoolView | None = None
+        self.writer: MetricsWriter | None = None
+        self.relay: Relay | None = None
+        self.client: httpx.AsyncClient | None = None
+        self.throttle = FailedAuthThrottle()
+        self._client_keys: dict[str, str | None] = {}
+        self._connect_keys: dict[str, str] = {}
+
+    # ------------------------------------------------------------ options
+
+    def load(self, loader: Any) -> None:
+        loader.add_option("pool_db", str, str(default_db_path()),
+                          "accountpool: pool database (default data/pool.db or $ACCOUNTPOOL_DB)")
+        loader.add_option("pool_secrets", str, "", "accountpool: secrets store (default: beside pool_db)")
+        loader.add_option("pool_oauth_token_url", str, DEFAULT_TOKEN_URL, "accountpool: OAuth token endpoint")
+        loader.add_option("pool_chatgpt_base_url", str, DEFAULT_CHATGPT_BASE,
+                          "accountpool: ChatGPT/Codex backend base URL")
+        loader.add_option("pool_upstream_hosts", str, "api.openai.com,chatgpt.com",
+                          "accountpool: hosts whose /v1/ and /backend-api/codex/ traffic is pooled in "
+                          "regular and local modes (comma-separated)")
+        loader.add_option("pool_require_client_keys", bool, True,
+                          "accountpool: require a client key (turn off only for a loopback-only setup)")
+        loader.add_option("pool_allow_open_listen", bool, False,
+                          "accountpool: allow running without client keys on a non-loopback listen address")
+        loader.add_option("pool_max_attempts", int, 5, "accountpool: upstream attempts per client request")
+        loader.add_option("pool_max_body", int, 32 * 1024 * 1024, "accountpool: largest request body (bytes)")
+        loader.add_option("pool_hold_metadata_events", bool, True,
+                          "accountpool: hold back response.created/in_progress until content, so an in-band "
+                          "error before content can still fail over")
+        loader.add_option("pool_header_timeout", float, 300.0,
+                          "accountpool: seconds to wait for upstream response headers")
+        loader.add_option("pool_connect_timeout", float, 10.0, "accountpool: upstream connect timeout (s)")
+        loader.add_option("pool_refresh_margin", float, 300.0,
+                          "accountpool: refresh a login this many seconds before its access token expires")
+        loader.add_option("pool_metrics_flush", float, 0.25, "accountpool: metrics flush interval (s)")
+        loader.add_option("pool_fault_inject", str, "",
+                          "accountpool: testing only: 'request_hook' makes the request hook raise")
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        if "pool_max_attempts" in updated and not 1 <= opts.pool_max_attempts <= 20:
+            raise exceptions.OptionsError("pool_max_attempts must be between 1 and 20")
+        if "pool_max_body" in updated and opts.pool_max_body < 1024:
+            raise exceptions.OptionsError("pool_max_body must be at least 1024 bytes")
+        for name in ("pool_oauth_token_url", "pool_chatgpt_base_url"):
+            if name in updated and not getattr(opts, name).startswith(("http://", "https://")):
+                raise exceptions.OptionsError(f"{name} must be an http:// or https:// URL")
+        for name in ("pool_header_timeout", "pool_connect_timeout", "pool_metrics_flush"):
+            if name in updated and getattr(opts, name) <= 0:
+                raise exceptions.OptionsError(f"{name} must be positive")
+        if {"pool_require_client_keys", "pool_allow_open_listen", "listen_host"} & updated \
+                and not opts.pool_require_client_keys:
+            host = opts.listen_host or "0.0.0.0"
+            if not is_loopback(host):
+                if not opts.pool_allow_open_listen:
+                    raise exceptions.OptionsError(
+                        f"refusing to run without client keys while listening on {host!r}: anyone who can "
+                        "reach it could spend your accounts. Use --set listen_host=127.0.0.1, or keep "
+                        "pool_require_client_keys=true, or force it with pool_allow_open_listen=true.")
+                log.warning("accountpool: CLIENT KEYS ARE OFF and the proxy listens on %s: anyone who can "
+                            "reach it can use your accounts", host)
+        if "pool_db" in updated or "pool_secrets" in updated or self.view is None:
+            self._open_pool()
+
+    def _open_pool(self) -> None:
+        opts = ctx.options
+        secrets_path = secrets_path_for(opts.pool_db, opts.pool_secrets or None)
+        try:
+            view = PoolView(opts.pool_db, secrets_path)
+        except Exception as exc:
+            raise exceptions.OptionsError(f"accountpool: cannot open the pool: {exc}") from None
+        if self.view is not None:
+            self.view.close()
+        self.view = view
+        log.info("accountpool: pool %s with %d accounts", opts.pool_db, len(view.accounts))
+
+    def running(self) -> None:
+        opts = ctx.options
+        assert self.view is not None
+        self.writer = MetricsWriter(opts.pool_db, flush_interval=opts.pool_metrics_flush,
+                                    retention_s=lambda: self.view.settings.retention_days * 86_400 if self.view
+                                    else 7 * 86_400)
+        self.writer.start()
+        self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+                                        http2=False, trust_env=False, follow_redirects=False)
+        config = RouterConfig(chatgpt_base=opts.pool_chatgpt_base_url, token_url=opts.pool_oauth_token_url,
+                              max_attempts=opts.pool_max_attempts, refresh_margin_s=opts.pool_refresh_margin,
+                              hold_metadata_events=opts.pool_hold_metadata_events,
+                              connect_timeout_s=opts.pool_connect_timeout, header_timeout_s=opts.pool_header_timeout)
+        self.relay = Relay(Router(self.view, self.writer, config, self.client), max_body=opts.pool_max_body)
+        create_task(self.relay.start(), name="accountpool-relay", keep_ref=True) if _KEEP_REF else \
+            create_task(self.relay.start(), name="accountpool-relay")
+
+    def done(self) -> None:
+        if self.writer is not None:
+            self.writer.stop()
+        if self.view is not None:
+            self.view.close()
+
+    # ------------------------------------------------------------ hooks
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        key = proxy_auth_key(flow.request.headers.get("proxy-authorization"))
+        if key:
+            self._connect_keys[flow.client_conn.id] = key
+            del flow.request.headers["proxy-authorization"]
+
+    def client_disconnected(self, client: Any) -> None:
+        self._connect_keys.pop(client.id, None)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live or not self._in_scope(flow):
+            return
+        flow.metadata[POOLED] = True
+        try:
+            self._point_at_relay(flow)
+            # Take the client's key out of the flow before mitmweb sees it.
+            key = proxy_auth_key(flow.request.headers.get("proxy-authorization")) or \
+                self._connect_keys.get(flow.client_conn.id)
+            for name in CLIENT_KEY_HEADERS:
+                if name in flow.request.headers:
+                    value = bearer_value(flow.request.headers[name])
+                    key = key or value
+                    del flow.request.headers[name]
+            flow.request.headers.pop("proxy-authorization", None)
+            self._client_keys[flow.id] = key
+            length = flow.request.headers.get("content-length")
+            if length and length.isdigit() and int(length) > ctx.options.pool_max_body:
+                self._answer(flow, errors.bad_request(
+                    f"request body of {length} bytes exceeds the limit of {ctx.options.pool_max_body}",
+                    status=413, code="request_too_large"))
+        except Exception as exc:
+            log.exception("accountpool: requestheaders failed")
+            self._answer(flow, errors.internal_error(type(exc).__name__))
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if not flow.metadata.get(POOLED) or flow.response or flow.error or not flow.live:
+            return
+        try:
+            await self._admit(flow)
+        except BadRequest as exc:
+            self._answer(flow, exc.answer)
+        except Exception as exc:
+            log.exception("accountpool: request hook failed; answering with an error, not forwarding")
+            self._answer(flow, errors.internal_error(type(exc).__name__))
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(POOLED) and flow.response is not None:
+            flow.response.stream = True
+            served_by = flow.response.headers.get("x-accountpool-account")
+            if served_by:
+                flow.comment = f"accountpool: served by {served_by}"
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(POOLED):
+            self._client_keys.pop(flow.id, None)
+
+    # ------------------------------------------------------------ admission
+
+    def _point_at_relay(self, flow: http.HTTPFlow) -> None:
+        """Fail closed: from here on, a pooled flow that slips through unanswered reaches the relay,
+        which refuses anything without a ticket, never the real upstream."""
+        if self.relay is None:
+            flow.kill()
+            return
+        req = flow.request
+        req.scheme, req.host, req.port = "http", "127.0.0.1", self.relay.port
+
+    def _in_scope(self, flow: http.HTTPFlow) -> bool:
+        path = flow.request.path
+        if isinstance(flow.client_conn.proxy_mode, ReverseMode):
+            return path.startswith(("/v1/", "/backend-api/codex/")) or path == "/v1"
+        hosts = {h.strip().lower() for h in ctx.options.pool_upstream_hosts.split(",") if h.strip()}
+        return flow.request.pretty_host.lower() in hosts and path.startswith(("/v1/", "/backend-api/codex/"))
+
+    async def _admit(self, flow: http.HTTPFlow) -> None:
+        assert self.view is not None and self.relay is not None and self.writer is not None
+        if ctx.options.pool_fault_inject == "request_hook":
+            raise RuntimeError("injected fault (pool_fault_inject=request_hook)")
+        now = time.time()
+        self.view.refresh()
+        key_id, label = self._authenticate(flow, now)
+        req = flow.request
+        content = req.raw_content or b""
+        if len(content) > ctx.options.pool_max_body:
+            raise BadRequest(errors.bad_request(
+                f"request body of {len(content)} bytes exceeds the limit of {ctx.options.pool_max_body}",
+                status=413, code="request_too_large"))
+        body = parse_body(req.method, content, req.headers.get("content-type", ""))
+        if req.headers.get("content-encoding"):
+            raise BadRequest(errors.bad_request("compressed request bodies are not supported", status=415))
+        pinned = req.headers.get("chatgpt-account-id")
+        if pinned and not any(pinned in (a.id, a.upstream_account_id) for a in self.view.accounts):
+            pinned = None  # a client's own login id that names no pool account does not pin (README)
+        admitted = Admitted(
+            request_id="req_" + secrets.token_hex(8), started_at=req.timestamp_start or now,
+            t0=time.monotonic() - max(0.0, now - (req.timestamp_start or now)), method=req.method,
+            path=req.path, endpoint=req.path.split("?", 1)[0], client_label=label,
+            headers=[(k, v) for k, v in req.headers.items(multi=True)], body=content, json_body=body,
+            model=body.get("model") if body else None, stream=bool(body and body.get("stream")),
+            session_key=session_key(req.headers, body), pinned_account=pinned)
+        if not self.relay.ready.is_set():
+            await asyncio.wait_for(self.relay.ready.wait(), 10)
+        ticket = self.relay.admit(admitted)
+        if key_id:
+            self.writer.submit(ClientKeyUse(key_id, now))
+        req.headers["x-accountpool-ticket"] = ticket
+        flow.comment = f"accountpool: {admitted.request_id} from {label or 'anonymous'}"
+
+    def _authenticate(self, flow: http.HTTPFlow, now: float) -> tuple[str | None, str | None]:
+        assert self.view is not None
+        key = self._client_keys.pop(flow.id, None)
+        if not ctx.options.pool_require_client_keys:
+            return None, None
+        source = flow.client_conn.peername[0] if flow.client_conn.peername else "?"
+        if self.throttle.blocked(source, now):
+            raise BadRequest(errors.openai_error(
+                429, "accountpool: too many failed client-key attempts from this address; wait a minute",
+                type="rate_limit_error", code="client_auth_throttled", outcome=errors.FailureClass.CLIENT_AUTH_FAILED,
+                headers=(("retry-after", str(int(FAILED_AUTH_WINDOW_S))),)))
+        match = match_client_key(key, self.view.client_keys) if key else None
+        if match is None:
+            self.throttle.failed(source, now)
+            raise BadRequest(errors.client_auth_error("missing client key" if not key else
+                                                      "unknown or revoked client key"))
+        return match
+
+    def _answer(self, flow: http.HTTPFlow, answer: ErrorAnswer) -> None:
+        """Answer the client ourselves (the flow is never forwarded) and record the request."""
+        try:
+            flow.response = http.Response.make(answer.status, answer.body, dict(answer.headers))
+        except Exception:
+            log.exception("accountpool: could not build the error answer; killing the flow instead")
+            flow.kill()
+        self._client_keys.pop(flow.id, None)
+        if self.writer is None:
+            return
+        req = flow.request
+        now = time.time()
+        started = req.timestamp_start or now
+        self.writer.submit(RequestRecord(row={
+            "id": "req_" + secrets.token_hex(8), "started_at": started, "finished_at": now,
+            "client_key_label": None, "method": req.method, "endpoint": req.path.split("?", 1)[0],
+            "stream": 0, "request_bytes": len(req.raw_content or b""), "attempts": 0, "status": answer.status,
+            "outcome": answer.outcome.value, "failure_brief": answer.brief[:300],
+            "total_ms": round((now - started) * 1000, 2)}))
+
+
+_KEEP_REF = "keep_ref" in create_task.__code__.co_varnames
+os.environ.setdefault("ACCOUNTPOOL_ADDON", "1")

@@ -1,0 +1,418 @@
+"""The attempts of one client request: choose, send, judge, fail over, stream (SPEC §4–§6).
+
+Runs inside the relay (see docs/DESIGN.md). Decisions come from the pure modules
+(`selection`, `classify`, `usage_headers`, `sse_usage`); this module only sequences them,
+keeps health current and reports metrics. The client sees exactly one answer: the first
+upstream success streamed through, an upstream `invalid_request` as it is, or one aggregated
+error once every candidate failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from . import errors
+from .classify import classify_attempt, cooldown_until, error_brief
+from .errors import FailureLog
+from .metrics_writer import HealthUpdate, InflightUpdate, MetricsWriter, RequestRecord, StateUpdate
+from .models import Account, AccountHealth, AccountKind, FailureClass
+from .oauth import RefreshError
+from .pool_view import SEQUENTIAL_KEY, PoolView
+from .relay_server import Responder
+from .response_shapers import AttemptPlan, plan_attempt
+from .secrets_store import Credentials
+from .selection import choose_candidates
+from .sse_usage import StreamWatcher, TokenUsage, usage_from_json_body
+from .token_rotation import rotate_tokens
+from .usage_headers import parse_usage_headers
+
+log = logging.getLogger("accountpool.router")
+
+ERROR_BODY_LIMIT = 1024 * 1024
+HOLD_LIMIT = 256 * 1024
+USAGE_SCAN_LIMIT = 8 * 1024 * 1024
+
+
+@dataclass
+class Admitted:
+    """A client request the addon has authenticated and parsed; the relay picks it up by ticket."""
+
+    request_id: str
+    started_at: float
+    t0: float
+    method: str
+    path: str
+    endpoint: str
+    client_label: str | None
+    headers: list[tuple[str, str]]
+    body: bytes
+    json_body: dict[str, Any] | None
+    model: str | None
+    stream: bool
+    session_key: str | None
+    pinned_account: str | None
+
+
+@dataclass
+class RouterConfig:
+    chatgpt_base: str
+    token_url: str
+    max_attempts: int = 5
+    refresh_margin_s: float = 300.0
+    hold_metadata_events: bool = True
+    connect_timeout_s: float = 10.0
+    header_timeout_s: float = 300.0
+
+
+@dataclass
+class Run:
+    """Everything measured about one client request, turned into its metrics rows at the end."""
+
+    admitted: Admitted
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    account_id: str | None = None
+    status: int | None = None
+    outcome: FailureClass = FailureClass.OK
+    brief: str | None = None
+    headers_at: float | None = None
+    first_chunk_at: float | None = None
+    usage: TokenUsage | None = None
+
+    def ms_since_start(self, t: float | None) -> float | None:
+        return round((t - self.admitted.t0) * 1000, 2) if t is not None else None
+
+
+class AttemptFailed(Exception):
+    def __init__(self, cls: FailureClass, brief: str, until: float | None = None) -> None:
+        super().__init__(brief)
+        self.cls, self.brief, self.until = cls, brief, until
+
+
+class Router:
+    def __init__(self, view: PoolView, writer: MetricsWriter, config: RouterConfig,
+                 client: httpx.AsyncClient) -> None:
+        self.view = view
+        self.writer = writer
+        self.config = config
+        self.client = client
+        self._refresh_locks: dict[str, asyncio.Lock] = {}
+
+    # ------------------------------------------------------------ one request
+
+    async def serve(self, admitted: Admitted, responder: Responder) -> None:
+        run = Run(admitted)
+        self._phase(run, "received", None)
+        failures = FailureLog()
+        tried: set[str] = set()
+        skipped = None
+        try:
+            while len(run.attempts) < self.config.max_attempts and not responder.committed:
+                now = time.time()
+                selection = choose_candidates(
+                    self.view.accounts, self.view.health, settings=self.view.settings, path=admitted.path,
+                    model=admitted.model, now=now, pinned_account_id=admitted.pinned_account,
+                    affinity_account_id=self.view.affinity(admitted.session_key),
+                    current_account_id=self.view.sequential_current)
+                if skipped is None:
+                    skipped = selection.skipped
+                candidates = [a for a in selection.candidates if a.id not in tried]
+                if not candidates:
+                    break
+                account = candidates[0]
+                tried.add(account.id)
+                try:
+                    await self._try_account(run, account, responder)
+                except AttemptFailed as failure:
+                    failures.add(account.display, failure.cls, failure.brief, failure.until)
+                    run.outcome, run.brief = failure.cls, failure.brief
+                    continue
+                self._served_by(run, account)
+            if not responder.committed:
+                answer = errors.pool_exhausted(failures, skipped or [], now=time.time())
+                run.status, run.outcome, run.brief = answer.status, answer.outcome, answer.brief
+                await responder.whole(answer.status, [*answer.headers,
+                                                      ("x-accountpool-request-id", admitted.request_id)], answer.body)
+        finally:
+            self._record(run)
+
+    def _served_by(self, run: Run, account: Account) -> None:
+        self.view.remember_affinity(run.admitted.session_key, account.id)
+        if self.view.settings.mode == "sequential" and self.view.sequential_current != account.id:
+            self.view.sequential_current = account.id
+            self.writer.submit(StateUpdate(SEQUENTIAL_KEY, account.id))
+
+    # ------------------------------------------------------------ one account
+
+    async def _try_account(self, run: Run, account: Account, responder: Responder) -> None:
+        creds = self.view.credentials(account.id)
+        if creds is None or not (creds.api_key or creds.access_token):
+            raise self._fail(run, account, FailureClass.AUTH_FAILED, "no stored credentials for this account",
+                             status=None, ms=0.0)
+        refreshed = False
+        if account.kind == AccountKind.CHATGPT and account.access_expires_at and \
+                account.access_expires_at - time.time() < self.config.refresh_margin_s:
+            creds = await self._refresh(run, account, creds)
+            refreshed = True
+        while True:
+            plan = plan_attempt(run.admitted, account, creds, chatgpt_base=self.config.chatgpt_base,
+                                catalog_overrides=self.view.settings.model_overrides)
+            cls = await self._send(run, account, plan, responder, refreshed=refreshed)
+            if cls is FailureClass.AUTH_EXPIRED and not refreshed:
+                creds = await self._refresh(run, account, creds)
+                refreshed = True
+                continue
+            return
+
+    async def _send(self, run: Run, account: Account, plan: AttemptPlan, responder: Responder, *,
+                    refreshed: bool) -> FailureClass:
+        """One upstream try. Returns OK (committed) or AUTH_EXPIRED (caller refreshes); raises AttemptFailed."""
+        admitted = run.admitted
+        started = time.monotonic()
+        n = len(run.attempts) + 1
+        self._phase(run, "retrying" if n > 1 else "waiting_headers", account.id)
+        request = self.client.build_request(
+            admitted.method, plan.url, headers=plan.headers, content=plan.body,
+            timeout=httpx.Timeout(self.config.header_timeout_s, connect=self.config.connect_timeout_s))
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise self._fail(run, account, FailureClass.UPSTREAM_ERROR,
+                             f"{type(exc).__name__} before response headers", status=None,
+                             ms=_ms(started), refreshed=refreshed) from None
+        try:
+            self._observe_usage(account, response.headers)
+            status = response.status_code
+            if status >= 400:
+                body = await _read_bounded(response, ERROR_BODY_LIMIT)
+                cls = classify_attempt(status, body, kind=account.kind, after_refresh=refreshed)
+                if cls is FailureClass.AUTH_EXPIRED:
+                    self._attempt_row(run, account, status, cls, started, refreshed)
+                    return cls
+                if cls is FailureClass.INVALID_REQUEST:
+                    # Not the account's fault: the client gets the upstream's answer as it is.
+                    self._attempt_row(run, account, status, cls, started, refreshed)
+                    run.headers_at = time.monotonic()
+                    run.account_id, run.status, run.outcome = account.id, status, cls
+                    run.brief = error_brief(status, body)
+                    headers = plan.shaper.client_headers(list(response.headers.multi_items()), account,
+                                                         admitted.request_id, n)
+                    await responder.whole(status, headers, body)
+                    run.first_chunk_at = time.monotonic()
+                    return FailureClass.OK
+                raise self._fail(run, account, cls, error_brief(status, body), status=status, ms=_ms(started),
+                                 refreshed=refreshed, headers=response.headers, body=body)
+            await self._deliver(run, account, plan, response, responder, started=started, refreshed=refreshed)
+            return FailureClass.OK
+        finally:
+            await response.aclose()
+
+    async def _deliver(self, run: Run, account: Account, plan: AttemptPlan, response: httpx.Response,
+                       responder: Responder, *, started: float, refreshed: bool) -> None:
+        """Stream a successful answer; before the first content event an in-band error still fails over."""
+        admitted = run.admitted
+        run.headers_at = time.monotonic()
+        is_sse = "text/event-stream" in response.headers.get("content-type", "")
+        watcher = StreamWatcher() if is_sse else None
+        chunks = response.aiter_raw()
+        held: list[bytes] = []
+        held_size = 0
+        exhausted = False
+        if watcher is not None and self.config.hold_metadata_events:
+            while True:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    exhausted = True
+                    break
+                except httpx.HTTPError as exc:
+                    raise self._fail(run, account, FailureClass.UPSTREAM_ERROR,
+                                     f"{type(exc).__name__} before the first content event", status=200,
+                                     ms=_ms(started), refreshed=refreshed) from None
+                watcher.feed(chunk)
+                held.append(chunk)
+                held_size += len(chunk)
+                if watcher.inband_error is not None and not watcher.first_content_seen:
+                    cls, brief = watcher.inband_error
+                    raise self._fail(run, account, cls, brief, status=200, ms=_ms(started), refreshed=refreshed)
+                if not watcher.only_metadata_seen or held_size > HOLD_LIMIT:
+                    break
+        # Commit: from here on this account answers the client.
+        self._attempt_row(run, account, response.status_code, FailureClass.OK, started, refreshed)
+        run.account_id, run.status, run.outcome = account.id, response.status_code, FailureClass.OK
+        self._phase(run, "streaming", account.id)
+        shaper = plan.shaper
+        await responder.start(response.status_code, shaper.client_headers(
+            list(response.headers.multi_items()), account, admitted.request_id, len(run.attempts)))
+        body_copy = bytearray() if watcher is None and shaper.wants_usage_scan else None
+        for chunk in held:
+            await self._forward(run, responder, shaper.feed(chunk))
+        try:
+            if not exhausted:
+                async for chunk in chunks:
+                    if watcher is not None:
+                        watcher.feed(chunk)
+                    elif body_copy is not None and len(body_copy) < USAGE_SCAN_LIMIT:
+                        body_copy += chunk
+                    await self._forward(run, responder, shaper.feed(chunk))
+                    if responder.client_gone:
+                        break
+            await self._forward(run, responder, shaper.finish())
+        except httpx.HTTPError as exc:
+            run.outcome = FailureClass.STREAM_INTERRUPTED
+            run.brief = f"upstream stream cut after commit ({type(exc).__name__})"
+            tail = shaper.interrupted(run.brief)
+            if tail:
+                await self._forward(run, responder, tail)
+                await responder.end()
+            else:
+                responder.abort()
+            self._note_error(account, FailureClass.STREAM_INTERRUPTED, run.brief)
+            return
+        finally:
+            if watcher is not None:
+                run.usage = watcher.usage or shaper.usage
+                if watcher.inband_error and run.outcome is FailureClass.OK:
+                    # A failure after content was already sent: recorded, and the account cools down.
+                    cls, brief = watcher.inband_error
+                    run.outcome, run.brief = cls, brief
+                    self._cool_down(account, cls, {}, None, brief)
+            elif body_copy is not None:
+                run.usage = usage_from_json_body(bytes(body_copy))
+            else:
+                run.usage = shaper.usage
+        if responder.client_gone:
+            run.outcome, run.brief = FailureClass.STREAM_INTERRUPTED, "client disconnected"
+        await responder.end()
+
+    async def _forward(self, run: Run, responder: Responder, data: bytes) -> None:
+        if data:
+            if run.first_chunk_at is None:
+                run.first_chunk_at = time.monotonic()
+            await responder.send(data)
+
+    # ------------------------------------------------------------ refresh
+
+    async def _refresh(self, run: Run, account: Account, stale: Credentials) -> Credentials:
+        """Single-flight: concurrent requests wait on one lock; other processes on the file lock."""
+        lock = self._refresh_locks.setdefault(account.id, asyncio.Lock())
+        started = time.monotonic()
+        async with lock:
+            current = self.view.credentials(account.id)
+            if current is not None and current.generation != stale.generation:
+                return current  # refreshed by someone else while we waited
+            try:
+                fresh = await asyncio.to_thread(rotate_tokens, self.view.secrets.path, account.id,
+                                                stale_generation=stale.generation, token_url=self.config.token_url)
+            except RefreshError as exc:
+                # Routing never blocks an account (SPEC §2): the attempt fails and the account cools down.
+                raise self._fail(run, account, FailureClass.AUTH_FAILED, str(exc), status=None,
+                                 ms=_ms(started), refreshed=True) from None
+            self.view.remember_credentials(fresh)
+            return fresh
+
+    # ------------------------------------------------------------ health and metrics
+
+    def _fail(self, run: Run, account: Account, cls: FailureClass, brief: str, *, status: int | None, ms: float,
+              refreshed: bool = False, headers: Any = None, body: bytes | None = None) -> AttemptFailed:
+        run.attempts.append({"request_id": run.admitted.request_id, "n": len(run.attempts) + 1,
+                             "account_id": account.id, "status": status, "class": cls.value, "ms": ms,
+                             "refreshed": int(refreshed), "started_at": time.time() - ms / 1000})
+        until = self._cool_down(account, cls, headers or {}, body, brief, model=run.admitted.model)
+        log.info("attempt on %s failed: %s (%s)", account.display, cls.value, brief)
+        return AttemptFailed(cls, brief, until)
+
+    def _cool_down(self, account: Account, cls: FailureClass, headers: Any, body: bytes | None, brief: str,
+                   *, model: str | None = None) -> float | None:
+        now = time.time()
+        until = cooldown_until(cls, headers, body, settings=self.view.settings, now=now)
+        h = self.view.health_of(account.id)
+        update: dict[str, Any] = {"last_error": brief, "last_error_class": cls.value, "last_error_at": now}
+        if until is not None:
+            if cls is FailureClass.MODEL_RESTRICTED and model:
+                update["model_cooldowns"] = {**h.model_cooldowns, model: until}
+            elif until > (h.cooldown_until or 0):
+                update.update(cooldown_until=until, cooldown_reason=brief, cooldown_class=cls.value)
+        self._put_health(h.model_copy(update=update))
+        return until
+
+    def _note_error(self, account: Account, cls: FailureClass, brief: str) -> None:
+        h = self.view.health_of(account.id)
+        self._put_health(h.model_copy(update={"last_error": brief, "last_error_class": cls.value,
+                                              "last_error_at": time.time()}))
+
+    def _observe_usage(self, account: Account, headers: httpx.Headers) -> None:
+        now = time.time()
+        obs = parse_usage_headers(headers, now)
+        h = self.view.health_of(account.id)
+        update: dict[str, Any] = {"last_used_at": now}
+        if obs is not None:
+            if obs.primary is not None:
+                update.update(primary=obs.primary, usage_seen_at=now)
+            if obs.secondary is not None:
+                update.update(secondary=obs.secondary, usage_seen_at=now)
+            if obs.ratelimit is not None:
+                update.update(ratelimit=obs.ratelimit, ratelimit_seen_at=now)
+        self._put_health(h.model_copy(update=update))
+
+    def _put_health(self, health: AccountHealth) -> None:
+        self.view.update_health(health)
+        self.writer.submit(HealthUpdate(health))
+
+    def _attempt_row(self, run: Run, account: Account, status: int | None, cls: FailureClass, started: float,
+                     refreshed: bool) -> None:
+        run.attempts.append({"request_id": run.admitted.request_id, "n": len(run.attempts) + 1,
+                             "account_id": account.id, "status": status, "class": cls.value, "ms": _ms(started),
+                             "refreshed": int(refreshed), "started_at": time.time() - _ms(started) / 1000})
+
+    def _phase(self, run: Run, phase: str, account_id: str | None) -> None:
+        a = run.admitted
+        self.writer.submit(InflightUpdate(a.request_id, {
+            "request_id": a.request_id, "started_at": a.started_at, "updated_at": time.time(), "pid": _PID,
+            "client_key_label": a.client_label, "method": a.method, "endpoint": a.endpoint, "model": a.model,
+            "stream": int(a.stream), "account_id": account_id, "attempts": len(run.attempts), "phase": phase}))
+
+    def _record(self, run: Run) -> None:
+        a = run.admitted
+        end = time.monotonic()
+        usage = run.usage or TokenUsage()
+        self.writer.submit(InflightUpdate(a.request_id, None))
+        self.writer.submit(RequestRecord(row={
+            "id": a.request_id, "started_at": a.started_at, "finished_at": a.started_at + (end - a.t0),
+            "client_key_label": a.client_label, "method": a.method, "endpoint": a.endpoint, "model": a.model,
+            "stream": int(a.stream), "request_bytes": len(a.body), "account_id": run.account_id,
+            "attempts": len(run.attempts), "status": run.status, "outcome": run.outcome.value,
+            "failure_brief": run.brief if run.outcome is not FailureClass.OK else None,
+            "total_ms": run.ms_since_start(end), "upstream_headers_ms": run.ms_since_start(run.headers_at),
+            "first_chunk_ms": run.ms_since_start(run.first_chunk_at),
+            "stream_ms": round((end - run.first_chunk_at) * 1000, 2) if run.first_chunk_at else None,
+            "input_tokens": usage.input_tokens, "cached_input_tokens": usage.cached_input_tokens,
+            "output_tokens": usage.output_tokens, "reasoning_tokens": usage.reasoning_tokens,
+            "total_tokens": usage.total_tokens, "session_key": a.session_key,
+        }, attempts=run.attempts))
+
+
+_PID = os.getpid()
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 2)
+
+
+async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
+    body = bytearray()
+    try:
+        async for chunk in response.aiter_raw():
+            body += chunk
+            if len(body) >= limit:
+                break
+    except httpx.HTTPError:
+        pass
+    return bytes(body[:limit])
+

@@ -1,0 +1,30 @@
+"""Shared fixtures. Keep this file small: helpers that tests import live in `tests/helpers_*.py`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def pool_paths(tmp_path: Path) -> tuple[Path, Path]:
+    """(db_path, secrets_path) of a pool that does not exist yet, in a private temp dir."""
+    return tmp_path / "data" / "pool.db", tmp_path / "data" / "pool.secrets"
+
+
+@pytest.fixture
+def pool(pool_paths: tuple[Path, Path]) -> Iterator[tuple[object, object]]:
+    """An initialised (db, secrets_store) pair on `pool_paths`, closed afterwards."""
+    from accountpool import schema
+    from accountpool.secrets_store import SecretsStore
+
+    db_path, secrets_path = pool_paths
+    db = schema.connect(db_path)
+    secrets = SecretsStore(secrets_path)
+    try:
+        yield db, secrets
+    finally:
+        secrets.close()
+        db.close()
