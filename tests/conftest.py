@@ -28,3 +28,19 @@ def pool(pool_paths: tuple[Path, Path]) -> Iterator[tuple[object, object]]:
     finally:
         secrets.close()
         db.close()
+
+
+@pytest.fixture
+def sim() -> Iterator[object]:
+    """A simulated OpenAI/Codex upstream on 127.0.0.1, fresh for each test."""
+    from harness import running_sim
+
+    yield from running_sim()
+
+
+@pytest.fixture
+def pool_env(tmp_path: Path, sim: object) -> object:
+    """A pool in tmp_path whose accounts point at `sim`, with one client key (`.client_key`)."""
+    from harness import Pool
+
+    return Pool(tmp_path, sim)  # type: ignore[arg-type]

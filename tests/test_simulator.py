@@ -103,24 +103,15 @@ def test_responses_json(client: httpx.Client) -> None:
         "output_tokens_details": {"reasoning_tokens": 4},
         "total_tokens": 24,
     }
-    assert (
-        r.headers["x-ratelimit-remaining-requests"] == "4999"
-        and r.headers["x-ratelimit-reset-tokens"] == "6m0s"
-    )
+    assert r.headers["x-ratelimit-remaining-requests"] == "4999" and r.headers["x-ratelimit-reset-tokens"] == "6m0s"
     assert r.headers["x-request-id"].startswith("req_")
-    cached = client.post(
-        "/v1/responses", headers=api(), json={"model": "m", "input": "x", "prompt_cache_key": "k"}
-    )
+    cached = client.post("/v1/responses", headers=api(), json={"model": "m", "input": "x", "prompt_cache_key": "k"})
     assert cached.json()["usage"]["input_tokens_details"]["cached_tokens"] == 5
 
 
 def test_responses_stream_sequence(client: httpx.Client) -> None:
-    r = client.post(
-        "/v1/responses", headers=api(), json={"model": "gpt-5.5", "input": "hello", "stream": True}
-    )
-    assert r.headers["transfer-encoding"] == "chunked" and r.headers["content-type"].startswith(
-        "text/event-stream"
-    )
+    r = client.post("/v1/responses", headers=api(), json={"model": "gpt-5.5", "input": "hello", "stream": True})
+    assert r.headers["transfer-encoding"] == "chunked" and r.headers["content-type"].startswith("text/event-stream")
     events = sse(r.text)
     assert [name for name, _ in events] == RESPONSE_EVENTS
     assert all(name == data["type"] for name, data in events)
@@ -129,9 +120,7 @@ def test_responses_stream_sequence(client: httpx.Client) -> None:
     assert text == events[-4][1]["text"] == "Simulated reply: hello"
     assert events[0][1]["response"]["status"] == "in_progress"
     assert events[-1][1]["response"]["usage"]["total_tokens"] == 11 + 7
-    few = client.post(
-        "/v1/responses", headers=api(**{"x-sim-deltas": "3"}), json={"model": "m", "stream": True}
-    )
+    few = client.post("/v1/responses", headers=api(**{"x-sim-deltas": "3"}), json={"model": "m", "stream": True})
     assert sum(n == "response.output_text.delta" for n, _ in sse(few.text)) == 3
 
 
@@ -202,10 +191,7 @@ def test_chat_completions(client: httpx.Client) -> None:
     assert events[-1] == "[DONE]" and events[-2]["choices"] == [] and events[-2]["usage"]["total_tokens"] > 0
     assert events[0]["choices"][0]["delta"]["role"] == "assistant"
     assert events[-3]["choices"][0]["finish_reason"] == "stop"
-    assert (
-        "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-2])
-        == "Simulated reply: good morning"
-    )
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-2]) == "Simulated reply: good morning"
     plain = sse(client.post("/v1/chat/completions", headers=api(), json={**body, "stream": True}).text)
     assert plain[-1][1] == "[DONE]" and all(d == "[DONE]" or d["choices"] for _, d in plain)
     tool_body = {
@@ -214,9 +200,7 @@ def test_chat_completions(client: httpx.Client) -> None:
         "messages": [{"role": "user", "content": "call tool"}],
     }
     call = client.post("/v1/chat/completions", headers=api(), json=tool_body).json()["choices"][0]
-    assert (
-        call["finish_reason"] == "tool_calls" and call["message"]["tool_calls"][0]["function"]["name"] == "f"
-    )
+    assert call["finish_reason"] == "tool_calls" and call["message"]["tool_calls"][0]["function"]["name"] == "f"
 
 
 def test_models_and_unknowns(client: httpx.Client) -> None:
@@ -237,17 +221,11 @@ def test_codex_backend(sim: SimulatedUpstream, client: httpx.Client, login: dict
     url = "/backend-api/codex/responses"
     r = client.post(url, headers=codex(login), json=codex_body())
     assert r.status_code == 200 and [n for n, _ in sse(r.text)] == RESPONSE_EVENTS
-    assert (
-        r.headers["x-codex-primary-used-percent"] == "10.0"
-        and r.headers["x-codex-primary-window-minutes"] == "300"
-    )
+    assert r.headers["x-codex-primary-used-percent"] == "10.0" and r.headers["x-codex-primary-window-minutes"] == "300"
     assert r.headers["x-codex-secondary-window-minutes"] == "10080"
     assert int(r.headers["x-codex-primary-reset-at"]) > time.time()
     assert (
-        client.post(
-            url, headers=codex(login, **{"chatgpt-account-id": "other"}), json=codex_body()
-        ).status_code
-        == 403
+        client.post(url, headers=codex(login, **{"chatgpt-account-id": "other"}), json=codex_body()).status_code == 403
     )
     no_account = {"authorization": codex(login)["authorization"]}
     assert client.post(url, headers=no_account, json=codex_body()).status_code == 403
@@ -295,10 +273,7 @@ def test_refresh_rotation(sim: SimulatedUpstream, client: httpx.Client, login: d
     stale = client.post("/backend-api/codex/responses", headers=codex(login), json=codex_body())
     assert stale.status_code == 401
     fresh = {"tokens": {**old, "access_token": new["access_token"]}}
-    assert (
-        client.post("/backend-api/codex/responses", headers=codex(fresh), json=codex_body()).status_code
-        == 200
-    )
+    assert client.post("/backend-api/codex/responses", headers=codex(fresh), json=codex_body()).status_code == 200
     form = {**grant, "refresh_token": new["refresh_token"]}
     assert client.post("/oauth/token", data=form).status_code == 200 and sim.refresh_count(ACCOUNT) == 2
     current = sim.current_tokens(ACCOUNT)["refresh_token"]
@@ -318,9 +293,7 @@ def test_expired_fault_lasts_until_refresh(sim: SimulatedUpstream, client: httpx
         "client_id": CODEX_CLIENT_ID,
     }
     client.post("/oauth/token", json=grant).raise_for_status()
-    assert client.post(
-        url, headers=codex({"tokens": sim.current_tokens(ACCOUNT)}), json=codex_body()
-    ).is_success
+    assert client.post(url, headers=codex({"tokens": sim.current_tokens(ACCOUNT)}), json=codex_body()).is_success
     short = sim.add_chatgpt_login("acct-short", email="s@example.com", access_ttl_s=0)
     assert client.get("/backend-api/wham/usage", headers=codex(short)).status_code == 401
 
@@ -337,9 +310,7 @@ def test_refresh_errors(sim: SimulatedUpstream, client: httpx.Client, login: dic
     }
     assert client.post("/oauth/token", json=grant).status_code == 500
     assert client.post("/backend-api/wham/usage", headers=codex(login)).status_code == 404  # GET only
-    assert (
-        client.get("/backend-api/wham/usage", headers=codex(login)).status_code == 200
-    )  # not a refresh fault
+    assert client.get("/backend-api/wham/usage", headers=codex(login)).status_code == 200  # not a refresh fault
     assert client.post("/oauth/token", json=grant).json()["error"] == "invalid_grant"
     assert client.post("/oauth/token", json=grant).status_code == 200 and sim.refresh_count(ACCOUNT) == 1
 
@@ -423,9 +394,7 @@ def test_slow_first_byte(sim: SimulatedUpstream, client: httpx.Client) -> None:
 
 
 def test_inband_errors(sim: SimulatedUpstream, client: httpx.Client, login: dict[str, Any]) -> None:
-    sim.script(
-        ACCOUNT, [{"kind": "inband_error"}, {"kind": "inband_error", "event": "error", "code": "usage_limit"}]
-    )
+    sim.script(ACCOUNT, [{"kind": "inband_error"}, {"kind": "inband_error", "event": "error", "code": "usage_limit"}])
     url = "/backend-api/codex/responses"
     failed = sse(client.post(url, headers=codex(login), json=codex_body()).text)
     assert [n for n, _ in failed] == ["response.created", "response.in_progress", "response.failed"]
@@ -458,9 +427,7 @@ def test_request_recording(sim: SimulatedUpstream, client: httpx.Client, login: 
         {"model": "m"},
     )
     assert first["auth"] == f"Bearer {KEY}" and first["headers"]["content-type"] == "application/json"
-    assert (
-        second["account_header"] == ACCOUNT and second["credential"] == ACCOUNT and second["query"] == "x=1"
-    )
+    assert second["account_header"] == ACCOUNT and second["credential"] == ACCOUNT and second["query"] == "x=1"
     assert third["credential"] is None and third["body"] == "grant_type=refresh_token&refresh_token=nope"
     assert first["at"] <= second["at"] <= third["at"]
     sim.reset_requests()
@@ -468,25 +435,18 @@ def test_request_recording(sim: SimulatedUpstream, client: httpx.Client, login: 
 
 
 def test_http_control_api(sim: SimulatedUpstream, client: httpx.Client) -> None:
-    assert client.post("/_sim/api_keys", json={"key": "sk-other-key-1234", "plan": "free"}).json() == {
-        "ok": True
-    }
+    assert client.post("/_sim/api_keys", json={"key": "sk-other-key-1234", "plan": "free"}).json() == {"ok": True}
     auth = client.post("/_sim/logins", json={"account_id": "acct-http", "plan": "team"}).json()
     assert claims(auth["tokens"]["id_token"])["email"] == "acct-http@example.com"
     client.post("/_sim/script", json={"credential": "sk-other-key-1234", "faults": [{"kind": "forbidden"}]})
     assert client.get("/v1/models", headers=api("sk-other-key-1234")).status_code == 403
     client.post("/_sim/usage", json={"credential": "acct-http", "primary_used_percent": 77})
-    assert (
-        client.get("/backend-api/wham/usage", headers=codex(auth)).headers["x-codex-primary-used-percent"]
-        == "77.0"
-    )
+    assert client.get("/backend-api/wham/usage", headers=codex(auth)).headers["x-codex-primary-used-percent"] == "77.0"
     recorded = client.get("/_sim/requests").json()
     assert [r["path"] for r in recorded] == ["/v1/models", "/backend-api/wham/usage"]
     tokens = client.get("/_sim/tokens", params={"account_id": "acct-http"}).json()
     assert tokens["access_token"] == auth["tokens"]["access_token"] and tokens["refresh_count"] == 0
-    assert (
-        client.post("/_sim/script", json={"credential": "x", "faults": [{"kind": "bad"}]}).status_code == 400
-    )
+    assert client.post("/_sim/script", json={"credential": "x", "faults": [{"kind": "bad"}]}).status_code == 400
     client.post("/_sim/reset")
     assert client.get("/_sim/requests").json() == []
 
@@ -510,3 +470,26 @@ def test_command_line() -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=5) == 0
+
+
+def test_openai_sdk_parses_the_wire_formats(sim: SimulatedUpstream) -> None:
+    """The official SDK's typed models are the strictest readily available check of fidelity."""
+    import openai
+
+    sdk = openai.OpenAI(base_url=f"{sim.url}/v1", api_key=KEY, max_retries=0)
+    assert sdk.responses.create(model="gpt-5.5", input="hi sdk").output_text == "Simulated reply: hi sdk"
+    tools = [{"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}]
+    with sdk.responses.stream(model="gpt-5.5", input="call tool", tools=tools) as stream:
+        assert stream.get_final_response().output[0].type == "function_call"
+    chunks = list(
+        sdk.chat.completions.create(
+            model="gpt-5.5",
+            messages=[{"role": "user", "content": "yo"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens_details.reasoning_tokens == 4
+    sim.script(KEY, [{"kind": "rate_limit"}])
+    with pytest.raises(openai.RateLimitError):
+        sdk.models.list()

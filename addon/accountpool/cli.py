@@ -120,6 +120,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     if args.output:
         out = Path(args.output)
         fd = os.open(out, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600 if args.include_secrets else 0o644)
+        if args.include_secrets:  # the creation mode does not apply to a file that already existed
+            os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(text + "\n")
         print(f"exported {len(data['accounts'])} accounts to {out}"
@@ -210,17 +212,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(message: str) -> int:
+    """One line, always: pydantic and OAuth messages may span several."""
+    print(f"accountpool: error: {' '.join(message.split())}", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
     except (CliError, store.NotFound, store.Conflict, account_admin.ImportProblem, SecretsStoreError,
-            RefreshError, ValueError) as exc:
-        print(f"accountpool: error: {exc}", file=sys.stderr)
-        return 1
+            RefreshError, ValueError, OSError) as exc:
+        return _fail(str(exc))
     except sqlite3.DatabaseError as exc:
-        print(f"accountpool: error: database problem: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"database problem: {exc}")
     except KeyboardInterrupt:
         return 130
     return 0

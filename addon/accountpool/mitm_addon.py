@@ -158,12 +158,12 @@ class AccountPool:
         loader.add_option("pool_hold_metadata_events", bool, True,
                           "accountpool: hold back response.created/in_progress until content, so an in-band "
                           "error before content can still fail over")
-        loader.add_option("pool_header_timeout", float, 300.0,
+        loader.add_option("pool_header_timeout", int, 300,
                           "accountpool: seconds to wait for upstream response headers")
-        loader.add_option("pool_connect_timeout", float, 10.0, "accountpool: upstream connect timeout (s)")
-        loader.add_option("pool_refresh_margin", float, 300.0,
+        loader.add_option("pool_connect_timeout", int, 10, "accountpool: upstream connect timeout (s)")
+        loader.add_option("pool_refresh_margin", int, 300,
                           "accountpool: refresh a login this many seconds before its access token expires")
-        loader.add_option("pool_metrics_flush", float, 0.25, "accountpool: metrics flush interval (s)")
+        loader.add_option("pool_metrics_flush_ms", int, 250, "accountpool: metrics flush interval (ms)")
         loader.add_option("pool_fault_inject", str, "",
                           "accountpool: testing only: 'request_hook' makes the request hook raise")
 
@@ -176,7 +176,7 @@ class AccountPool:
         for name in ("pool_oauth_token_url", "pool_chatgpt_base_url"):
             if name in updated and not getattr(opts, name).startswith(("http://", "https://")):
                 raise exceptions.OptionsError(f"{name} must be an http:// or https:// URL")
-        for name in ("pool_header_timeout", "pool_connect_timeout", "pool_metrics_flush"):
+        for name in ("pool_header_timeout", "pool_connect_timeout", "pool_metrics_flush_ms"):
             if name in updated and getattr(opts, name) <= 0:
                 raise exceptions.OptionsError(f"{name} must be positive")
         if {"pool_require_client_keys", "pool_allow_open_listen", "listen_host"} & updated \
@@ -208,7 +208,7 @@ class AccountPool:
     def running(self) -> None:
         opts = ctx.options
         assert self.view is not None
-        self.writer = MetricsWriter(opts.pool_db, flush_interval=opts.pool_metrics_flush,
+        self.writer = MetricsWriter(opts.pool_db, flush_interval=opts.pool_metrics_flush_ms / 1000,
                                     retention_s=lambda: self.view.settings.retention_days * 86_400 if self.view
                                     else 7 * 86_400)
         self.writer.start()

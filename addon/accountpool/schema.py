@@ -319,11 +319,11 @@ def m002_request_minute_stats(db: sqlite_utils.Database) -> None:
     db["latency_buckets"].insert_all(
         [{"bucket": b, "lower_ms": lo, "upper_ms": hi} for b, lo, hi in latency_bucket_bounds()])
     db["latency_buckets"].create_index(["upper_ms"], unique=True)
-    db["request_minute_stats"].create(
-        {"minute": int, "dim": str, "key": str, "requests": int, "failures": int,
-         **{c: int for c in _TOKEN_COLUMNS}},
-        pk=("minute", "dim", "key"),
-    )
+    # WITHOUT ROWID: rows are clustered by (minute, dim, key), so a window is one contiguous range.
+    db.execute("CREATE TABLE request_minute_stats (minute INTEGER NOT NULL, dim TEXT NOT NULL, key TEXT NOT NULL, "
+               "requests INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0, "
+               + ", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in _TOKEN_COLUMNS)
+               + ", PRIMARY KEY (minute, dim, key)) WITHOUT ROWID")
     db["request_minute_stats"].create_index(["dim", "minute"])
     db.execute(f"CREATE TRIGGER request_minute_stats_insert AFTER INSERT ON requests "
                f"WHEN NEW.started_at IS NOT NULL BEGIN {_stats_apply_sql('NEW', 1)} END")

@@ -16,14 +16,14 @@ import json
 import math
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlite_utils
 from accountpool import store
 from accountpool.models import FailureClass
 
-RAW_ROW_LIMIT = 60_000
+RAW_ROW_LIMIT = 10_000
 """Above this many rows in the window, aggregates come from the rollup instead of `requests`."""
 
 PERCENTILES = (50, 90, 95)
@@ -42,7 +42,7 @@ class Window:
     name: str
     seconds: int
     step: int
-    """Timeline bucket width in seconds (a multiple of 60, or a divisor of it)."""
+    """Timeline bucket width in seconds (a multiple of 60; below 60 only when read from `requests`)."""
     label: str
 
 
@@ -83,8 +83,12 @@ def overview(conn: sqlite3.Connection, window: Window, now: float | None = None,
              raw_row_limit: int = RAW_ROW_LIMIT) -> dict[str, Any]:
     now = time.time() if now is None else now
     since = now - window.seconds
-    count = conn.execute("SELECT count(*) FROM requests WHERE started_at >= ?", [since]).fetchone()[0]
+    # Counting stops at the limit: deciding must not cost a scan of a million index entries.
+    count = conn.execute("SELECT count(*) FROM (SELECT 1 FROM requests WHERE started_at >= ? LIMIT ?)",
+                         [since, raw_row_limit + 1]).fetchone()[0]
     use_rollup = count > raw_row_limit and has_rollup(conn)
+    if use_rollup and window.step < 60:
+        window = replace(window, step=60)  # the rollup cannot split a minute
     timeline_start = math.floor(since / window.step) * window.step
     if use_rollup:
         aggregates = _rollup_aggregates(conn, window, since, now, timeline_start)
@@ -192,48 +196,54 @@ def histogram_percentile(counts: list[tuple[float, float, int]], p: float) -> fl
 
 def _rollup_aggregates(conn: sqlite3.Connection, window: Window, since: float, now: float,
                        timeline_start: float) -> dict[str, Any]:
+    """One range scan of the rollup, grouped by (timeline bucket, dim, key); the rest is summed here."""
     first_minute = math.floor(since / 60) * 60
     bounds = {int(r[0]): (r[1], r[2]) for r in conn.execute("SELECT bucket, lower_ms, upper_ms FROM latency_buckets")}
-    sums = ", ".join(f"sum({c}) AS {c}" for c in TOKEN_COLUMNS)
-    per_dim: dict[str, list[dict[str, Any]]] = {}
-    for row in _rows(conn, f"SELECT dim, key, sum(requests) AS requests, sum(failures) AS failures, {sums} "
-                           f"FROM {ROLLUP_TABLE} WHERE minute >= ? GROUP BY dim, key", [first_minute]):
-        if row["requests"]:
-            per_dim.setdefault(row["dim"], []).append(row)
-    head = dict(per_dim.get("all", [{}])[0])
-    head["successes"] = sum(r["requests"] for r in per_dim.get("outcome", []) if r["key"] == "ok")
+    timeline = _empty_timeline(window, timeline_start, now)
+    per_dim: dict[tuple[str, str], list[int]] = {}
+    per_bucket_hist: dict[int, list[tuple[int, int]]] = {}
+    sums = ", ".join(f"sum({c})" for c in TOKEN_COLUMNS)
+    for b, dim, key, *values in conn.execute(
+        f"SELECT (minute - ?) / ? AS b, dim, key, sum(requests), sum(failures), {sums} FROM {ROLLUP_TABLE} "
+        "WHERE minute >= ? GROUP BY 1, 2, 3", [int(timeline_start), window.step, first_minute],
+    ):
+        if not values[0]:
+            continue
+        acc = per_dim.get((dim, key))
+        if acc is None:
+            per_dim[(dim, key)] = values
+        else:
+            for i, v in enumerate(values):
+                acc[i] += v
+        b = int(b)
+        if 0 <= b < len(timeline):
+            if dim == "all":
+                timeline[b].update(requests=values[0], failures=values[1])
+            elif dim == "total_ms":
+                per_bucket_hist.setdefault(b, []).append((int(key), values[0]))
+    for b, hist in per_bucket_hist.items():
+        timeline[b]["p95_ms"] = histogram_percentile([(*bounds[k], n) for k, n in sorted(hist) if k in bounds], 95)
+
+    def rows_of(dim: str) -> list[dict[str, Any]]:
+        rows = [{"key": key, "requests": v[0], "failures": v[1], "total_tokens": v[-1]}
+                for (d, key), v in per_dim.items() if d == dim]
+        return sorted(rows, key=lambda r: (-r["requests"], r["key"]))
+
+    everything = per_dim.get(("all", ""))
+    head: dict[str, Any] = {}
+    if everything:
+        head = {"requests": everything[0], "failures": everything[1],
+                **dict(zip(TOKEN_COLUMNS, everything[2:], strict=True))}
+    head["successes"] = (per_dim.get(("outcome", "ok")) or [0])[0]
     latency: dict[str, dict[str, float | None]] = {}
     for column in LATENCY_COLUMNS:
-        hist = sorted((int(r["key"]), r["requests"]) for r in per_dim.get(column, []))
+        hist = sorted((int(r["key"]), r["requests"]) for r in rows_of(column))
         counts = [(*bounds[b], n) for b, n in hist if b in bounds]
         wanted = PERCENTILES if column == "total_ms" else (95,)
         latency[column] = {f"p{p}": histogram_percentile(counts, p) for p in wanted}
-    breakdowns = {}
-    for dim in COUNT_DIMS:
-        rows = sorted(per_dim.get(dim, []), key=lambda r: (-r["requests"], r["key"]))
-        if dim not in ("status", "outcome"):
-            rows = rows[:TOP_N]
-        breakdowns[dim] = [{"key": r["key"], "requests": r["requests"], "failures": r["failures"],
-                            "total_tokens": r["total_tokens"]} for r in rows]
-    timeline = _empty_timeline(window, timeline_start, now)
-    per_bucket_hist: dict[int, list[tuple[int, int]]] = {}
-    for b, dim, key, n, failures in conn.execute(
-        f"SELECT (minute - ?) / ? AS b, dim, key, sum(requests), sum(failures) FROM {ROLLUP_TABLE} "
-        "WHERE dim IN ('all', 'total_ms') AND minute >= ? GROUP BY 1, 2, 3",
-        [int(timeline_start), window.step, first_minute],
-    ):
-        b = int(b)
-        if not 0 <= b < len(timeline) or not n:
-            continue
-        if dim == "all":
-            timeline[b].update(requests=n, failures=failures)
-        else:
-            per_bucket_hist.setdefault(b, []).append((int(key), n))
-    for b, hist in per_bucket_hist.items():
-        timeline[b]["p95_ms"] = histogram_percentile([(*bounds[k], n) for k, n in sorted(hist) if k in bounds], 95)
-    return {"totals": _totals(head), "latency": latency, "statuses": breakdowns.pop("status"),
-            "outcomes": breakdowns.pop("outcome"), "top": breakdowns,
-            "timeline": {"step": window.step, "buckets": timeline}}
+    top = {dim: rows_of(dim)[:TOP_N] for dim in TOP_DIMS}
+    return {"totals": _totals(head), "latency": latency, "statuses": rows_of("status"),
+            "outcomes": rows_of("outcome"), "top": top, "timeline": {"step": window.step, "buckets": timeline}}
 
 
 # ---------------------------------------------------------------- lists
