@@ -56,17 +56,42 @@ def all_tokens(auth: dict[str, Any]) -> list[str]:
     return [v for v in auth["tokens"].values() if isinstance(v, str) and len(v) > 20]
 
 
-def run_cli(db: Path, *args: str, stdin: str | None = None, env: dict[str, str] | None = None,
-            script: bool = False, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run `accountpool --db DB ARGS…` in a fresh interpreter (or the installed console script)."""
+def _cli_command(db: Path, args: tuple[str, ...], env: dict[str, str] | None,
+                 script: bool) -> tuple[list[str], dict[str, str]]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ACCOUNTPOOL_")}
     full_env.update(env or {})
     if script:
         cmd = [str(Path(sys.executable).with_name("accountpool"))]
     else:
         cmd = [sys.executable, "-m", "accountpool.cli"]
-    return subprocess.run([*cmd, "--db", str(db), *args], input=stdin if stdin is not None else "",
+    return [*cmd, "--db", str(db), *args], full_env
+
+
+def run_cli(db: Path, *args: str, stdin: str | None = None, env: dict[str, str] | None = None,
+            script: bool = False, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run `accountpool --db DB ARGS…` in a fresh interpreter (or the installed console script)."""
+    cmd, full_env = _cli_command(db, args, env, script)
+    return subprocess.run(cmd, input=stdin if stdin is not None else "",
                           capture_output=True, text=True, env=full_env, timeout=timeout, check=False)
+
+
+def run_cli_many(db: Path, calls: list[tuple[tuple[str, ...], str | None, dict[str, str] | None]],
+                 timeout: float = 60) -> list[subprocess.CompletedProcess[str]]:
+    """Run several CLI invocations at once (each in its own interpreter), in order of `calls`.
+
+    For commands that must fail without writing: running them concurrently is no weaker a test
+    (nothing may be written by any of them) and it keeps the suite fast."""
+    procs = []
+    for args, stdin, env in calls:
+        cmd, full_env = _cli_command(db, args, env, False)
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=full_env)
+        procs.append((cmd, proc, stdin))
+    results = []
+    for cmd, proc, stdin in procs:
+        out, err = proc.communicate(stdin if stdin is not None else "", timeout=timeout)
+        results.append(subprocess.CompletedProcess(cmd, proc.returncode, out, err))
+    return results
 
 
 def assert_clean_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_pool import all_tokens, assert_clean_error, make_auth_json, make_jwt, run_cli, write_json
+from helpers_pool import all_tokens, assert_clean_error, make_auth_json, run_cli, run_cli_many, write_json
 
-from accountpool import schema, store
+from accountpool import account_admin, schema, store
 from accountpool.secrets_store import SecretsStore
 from accountpool.simulator import SimulatedUpstream
 
@@ -21,10 +21,32 @@ LIST_FIELDS = {"id", "label", "kind", "plan", "enabled", "auth_blocked"}
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
+    """An initialised pool (in-process: `init` itself is tested as a subprocess below)."""
     path = tmp_path / "data" / "pool.db"
-    result = run_cli(path, "init")
-    assert result.returncode == 0, result.stderr
+    schema.connect(path).close()
+    SecretsStore(path.with_name("pool.secrets")).close()
     return path
+
+
+def setup_login(db: Path, auth: dict[str, Any]) -> str:
+    """Import an auth.json in-process, for tests whose subject is another command; returns its id."""
+    conn, secrets = schema.connect(db), SecretsStore(db.with_name("pool.secrets"))
+    try:
+        pending = [account_admin.parse_codex_auth(auth, "test")]
+        [result] = account_admin.apply_import(conn, secrets, pending, actor="test")
+        return result.account.id
+    finally:
+        conn.close()
+        secrets.close()
+
+
+def setup_key(db: Path, label: str, key: str) -> str:
+    conn, secrets = schema.connect(db), SecretsStore(db.with_name("pool.secrets"))
+    try:
+        return account_admin.add_api_key(conn, secrets, label=label, key=key, actor="test").id
+    finally:
+        conn.close()
+        secrets.close()
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +134,12 @@ def test_db_and_secrets_from_environment(tmp_path: Path) -> None:
 def test_commands_without_init_fail_cleanly(tmp_path: Path) -> None:
     db = tmp_path / "data" / "pool.db"
     auth = write_json(tmp_path / "auth.json", make_auth_json("acct-noinit"))
-    for args, stdin in [(("list",), None), (("list", "--json"), None), (("import", str(auth)), None),
-                        (("add-key", "--label", "k"), "sk-" + "a" * 40), (("enable", "x"), None),
-                        (("disable", "x"), None), (("refresh", "x"), None), (("export",), None),
-                        (("client-key", "create", "--label", "c"), None), (("client-key", "list"), None),
-                        (("client-key", "revoke", "x"), None)]:
-        result = run_cli(db, *args, stdin=stdin)
+    calls = [(("list",), None), (("list", "--json"), None), (("import", str(auth)), None),
+             (("add-key", "--label", "k"), "sk-" + "a" * 40), (("enable", "x"), None),
+             (("disable", "x"), None), (("refresh", "x"), None), (("export",), None),
+             (("client-key", "create", "--label", "c"), None), (("client-key", "list"), None),
+             (("client-key", "revoke", "x"), None)]
+    for result in run_cli_many(db, [(args, stdin, None) for args, stdin in calls]):
         assert_clean_error(result, "accountpool init")
         assert result.stdout == ""
     assert not db.parent.exists() or list(db.parent.iterdir()) == []
@@ -243,9 +265,9 @@ def test_add_key_from_stdin_and_env(db: Path) -> None:
 
 def test_list_never_shows_a_secret(db: Path, tmp_path: Path) -> None:
     auth = make_auth_json("acct-list", email="list@example.com")
-    assert run_cli(db, "import", str(write_json(tmp_path / "auth.json", auth))).returncode == 0
+    setup_login(db, auth)
     key = "sk-list-" + "L" * 40 + "WXYZ"
-    assert run_cli(db, "add-key", "--label", "k", stdin=key).returncode == 0
+    setup_key(db, "k", key)
     text = run_cli(db, "list")
     as_json = run_cli(db, "list", "--json")
     assert text.returncode == as_json.returncode == 0
@@ -259,17 +281,12 @@ def test_list_never_shows_a_secret(db: Path, tmp_path: Path) -> None:
 
 
 def test_enable_disable_by_id_and_label(db: Path) -> None:
-    assert run_cli(db, "add-key", "--label", "toggle", stdin="sk-" + "t" * 40).returncode == 0
-    acc_id = listed(db)[0]["id"]
+    acc_id = setup_key(db, "toggle", "sk-" + "t" * 40)
     result = run_cli(db, "disable", acc_id)
     assert result.returncode == 0 and "disabled" in result.stdout
     assert listed(db)[0]["enabled"] is False
     assert "disabled" in run_cli(db, "list").stdout
     assert run_cli(db, "enable", "toggle").returncode == 0
-    assert listed(db)[0]["enabled"] is True
-    assert run_cli(db, "disable", "toggle").returncode == 0
-    assert listed(db)[0]["enabled"] is False
-    assert run_cli(db, "enable", acc_id).returncode == 0
     assert listed(db)[0]["enabled"] is True
 
 
@@ -278,9 +295,7 @@ def test_enable_disable_by_id_and_label(db: Path) -> None:
 
 def _import_sim_login(db: Path, tmp_path: Path, sim: SimulatedUpstream, account_id: str) -> str:
     auth = sim.add_chatgpt_login(account_id, email=f"{account_id}@example.com", plan="plus")
-    result = run_cli(db, "import", str(write_json(tmp_path / f"{account_id}.json", auth)))
-    assert result.returncode == 0, result.stderr
-    return by_label(db)[f"{account_id}@example.com"]["id"]
+    return setup_login(db, auth)
 
 
 def test_refresh_success_rotates(db: Path, tmp_path: Path, sim: SimulatedUpstream) -> None:
@@ -343,7 +358,7 @@ def test_refresh_unreachable_and_api_key(db: Path, tmp_path: Path, sim: Simulate
     result = run_cli(db, "refresh", acc_id, "--token-url", "http://127.0.0.1:9/oauth/token")
     assert_clean_error(result, "token refresh failed")
     assert by_label(db)["acct-refresh-down@example.com"]["auth_blocked"] is False
-    assert run_cli(db, "add-key", "--label", "plain", stdin="sk-" + "p" * 40).returncode == 0
+    setup_key(db, "plain", "sk-" + "p" * 40)
     assert_clean_error(run_cli(db, "refresh", "plain", "--token-url", f"{sim.url}/oauth/token"), "API key")
 
 
@@ -352,9 +367,9 @@ def test_refresh_unreachable_and_api_key(db: Path, tmp_path: Path, sim: Simulate
 
 def test_export_without_and_with_secrets(db: Path, tmp_path: Path) -> None:
     auth = make_auth_json("acct-export", email="export@example.com")
-    assert run_cli(db, "import", str(write_json(tmp_path / "auth.json", auth))).returncode == 0
+    setup_login(db, auth)
     key = "sk-exp-" + "x" * 40
-    assert run_cli(db, "add-key", "--label", "kx", stdin=key).returncode == 0
+    setup_key(db, "kx", key)
     secrets = [*all_tokens(auth), key]
 
     plain = run_cli(db, "export")
@@ -432,8 +447,8 @@ def test_addon_path(tmp_path: Path) -> None:
 
 def test_bad_input_is_one_clean_line_and_writes_nothing(db: Path, tmp_path: Path) -> None:
     good = make_auth_json("acct-good", email="good@example.com")
-    assert run_cli(db, "import", str(write_json(tmp_path / "good.json", good))).returncode == 0
-    assert run_cli(db, "add-key", "--label", "taken", stdin="sk-" + "k" * 40).returncode == 0
+    setup_login(db, good)
+    setup_key(db, "taken", "sk-" + "k" * 40)
     before = snapshot(db)
 
     bad_jwt = make_auth_json("acct-badjwt")
@@ -471,12 +486,13 @@ def test_bad_input_is_one_clean_line_and_writes_nothing(db: Path, tmp_path: Path
         (("add-key", "--label", "noenv", "--from-env", "UNSET_VAR_XYZ"), None, None, "UNSET_VAR_XYZ"),
         (("export", "-o", str(tmp_path / "no" / "such" / "dir" / "out.json")), None, None, "out.json"),
     ]
-    for args, stdin, env, fragment in cases:
-        result = run_cli(db, *args, stdin=stdin, env=env)
+    results = run_cli_many(db, [(args, stdin, env) for args, stdin, env, _ in cases])
+    for (args, _, _, fragment), result in zip(cases, results, strict=True):
         line = assert_clean_error(result, fragment)
-        for secret in all_tokens(good) + all_tokens(bad_jwt):
+        assert result.stdout == "", args
+        for secret in all_tokens(good) + all_tokens(bad_jwt) + all_tokens(bad_payload):
             assert secret not in line
-        assert snapshot(db) == before, args
+    assert snapshot(db) == before
     assert not (tmp_path / "no").exists()
 
 

@@ -60,7 +60,8 @@ def test_all_accounts_limited_answers_429_with_earliest_retry_after(pool_env, si
         r2 = client.post("/v1/responses", json={"model": "gpt-5.5", "input": "hi"})
         assert r2.status_code == 429 and len(sim.requests()) == before
         assert 18 <= int(r2.headers["retry-after"]) <= 25
-        assert "3 skipped:cooldown" in r2.json()["error"]["message"]
+        message = r2.json()["error"]["message"]
+        assert "2 rate_limited (cooling down), 1 quota_exceeded (cooling down)" in message, message
         # The SDK raises its own RateLimitError for it.
         with pytest.raises(openai.RateLimitError):
             openai_client(proxy).responses.create(model="gpt-5.5", input="hi")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .models import LIMIT_CLASSES, FailureClass, SkipReason
@@ -62,22 +63,46 @@ class FailureLog:
             self.cooldown_ends.append(cooldown_until)
 
 
-def pool_exhausted(log: FailureLog, skipped: list[SkipReason], *, now: float) -> ErrorAnswer:
-    """429 when only limits stand in the way, 503 when nothing could be tried, 502 when all tries failed."""
-    limit_skips = [s for s in skipped if s.reason in ("cooldown", "model_cooldown", "usage_exhausted")]
-    classes = Counter(cls.value for _, cls, _ in log.failures)
-    classes.update(f"skipped:{s.reason}" for s in skipped)
-    summary = ", ".join(f"{n} {name}" for name, n in classes.most_common()) or "no accounts in the pool"
+LIMIT_SKIPS = frozenset({"cooldown", "model_cooldown", "usage_exhausted"})
+NEUTRAL_SKIPS = frozenset({"disabled", "endpoint", "not_pinned"})
+"""Skips that say nothing about why the pool cannot answer now (they do not turn a 429 into a 503)."""
+
+
+def _skip_name(skip: SkipReason, cooldown_classes: Mapping[str, str]) -> str:
+    if skip.reason == "cooldown":
+        return f"{cooldown_classes.get(skip.account_id) or 'cooling'} (cooling down)"
+    return {"model_cooldown": "model_restricted (cooling down)", "usage_exhausted": "usage window exhausted",
+            "auth_blocked": "auth_blocked"}.get(skip.reason, skip.reason)
+
+
+def pool_exhausted(log: FailureLog, skipped: list[SkipReason], *, now: float,
+                   cooldown_classes: Mapping[str, str] | None = None) -> ErrorAnswer:
+    """429 when only limits stand in the way, 503 when nothing could be tried, 502 when all tries failed.
+
+    `cooldown_classes` maps a cooling account to the failure class that started its cooldown: a
+    cooldown after a 5xx or an auth failure is not a rate limit, so it does not earn a 429.
+    """
+    classes = cooldown_classes or {}
+
+    def is_limit(skip: SkipReason) -> bool:
+        if skip.reason == "cooldown":
+            return classes.get(skip.account_id, FailureClass.RATE_LIMITED.value) in {c.value for c in LIMIT_CLASSES}
+        return skip.reason in LIMIT_SKIPS
+
+    limit_skips = [s for s in skipped if is_limit(s)]
+    counts = Counter(cls.value for _, cls, _ in log.failures)
+    counts.update(_skip_name(s, classes) for s in skipped)
+    summary = ", ".join(f"{n} {name}" for name, n in counts.most_common()) or "no accounts in the pool"
     example = ""
     if log.failures:
         account, _cls, brief = log.failures[-1]
         example = f'; e.g. "{account}": {brief}'
     elif skipped:
-        s = skipped[0]
-        example = f'; e.g. "{s.label}": {s.reason}' + (f" ({s.detail})" if s.detail else "")
-    only_limits = bool(log.failures or limit_skips) and all(cls in LIMIT_CLASSES for _, cls, _ in log.failures) \
-        and all(s.reason in ("cooldown", "model_cooldown", "usage_exhausted", "disabled", "endpoint",
-                             "not_pinned") for s in skipped) and (log.failures or limit_skips)
+        s = next((s for s in skipped if s.reason not in NEUTRAL_SKIPS), skipped[0])
+        example = f'; e.g. "{s.label}": {_skip_name(s, classes)}' + (f" ({s.detail})" if s.detail else "")
+    only_limits = bool(log.failures or limit_skips) \
+        and all(cls in LIMIT_CLASSES for _, cls, _ in log.failures) \
+        and all(is_limit(s) or s.reason in NEUTRAL_SKIPS for s in skipped)
     ends = [t for t in log.cooldown_ends if t > now] + [s.until for s in limit_skips if s.until and s.until > now]
     if only_limits:
         retry_after = max(1, math.ceil(min(ends) - now)) if ends else 60
@@ -85,7 +110,10 @@ def pool_exhausted(log: FailureLog, skipped: list[SkipReason], *, now: float) ->
                             type="rate_limit_error", code="pool_rate_limited", outcome=FailureClass.POOL_EXHAUSTED,
                             headers=(("retry-after", str(retry_after)),))
     if not log.failures:
+        waits = [s.until for s in skipped if s.until and s.until > now]
+        headers = (("retry-after", str(max(1, math.ceil(min(waits) - now)))),) if waits else ()
         return openai_error(503, f"accountpool: no account can serve this request ({summary}){example}",
-                            type="server_error", code="pool_unavailable", outcome=FailureClass.POOL_EXHAUSTED)
+                            type="server_error", code="pool_unavailable", outcome=FailureClass.POOL_EXHAUSTED,
+                            headers=headers)
     return openai_error(502, f"accountpool: every attempt failed ({summary}){example}",
                         type="server_error", code="pool_attempts_failed", outcome=FailureClass.POOL_EXHAUSTED)

@@ -3,13 +3,21 @@
 mitmproxy's event loop must never wait on SQLite: hooks and the relay only `submit()` to a
 queue. The thread drains it every `flush_interval` seconds and writes one transaction per batch
 (Datasette's own single-writer model). A database locked by another process delays the batch,
-it is retried and nothing is dropped; a `kill -9` loses at most the rows of the current window
-(documented in the README: up to two flush intervals).
+it is retried and nothing is dropped.
+
+Kill safety: a batch is one SQLite transaction in WAL mode, so a `kill -9` never leaves half a
+batch or a corrupt file. It loses what was still in memory: the ops collected in the current
+window plus the batch being committed, at most about two flush intervals (default 250 ms each;
+documented in the README). While another process holds the write lock, everything queued since
+is in memory too, and a `kill -9` in that time loses it. A clean stop (`done`) drains the queue.
+In-flight rows of a killed process stay behind; the next writer deletes the rows whose `pid` is
+no longer a live process when it starts.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -26,7 +34,11 @@ log = logging.getLogger("accountpool.metrics")
 
 PRUNE_EVERY_S = 60.0
 PRUNE_BATCH = 5_000
+PRUNE_BATCHES_PER_CYCLE = 4
+"""A large backlog (retention just lowered) is pruned a few batches per flush cycle, so new rows
+keep landing in between instead of waiting for the whole backlog."""
 MAX_BACKLOG = 500_000
+MAX_BATCH = 5_000
 
 
 @dataclass
@@ -64,10 +76,13 @@ Op = RequestRecord | InflightUpdate | HealthUpdate | StateUpdate | ClientKeyUse
 
 class MetricsWriter:
     def __init__(self, db_path: str | Path, *, flush_interval: float = 0.25,
-                 retention_s: Callable[[], float] = lambda: 7 * 86_400) -> None:
+                 retention_s: Callable[[], float] = lambda: 7 * 86_400,
+                 prune_every_s: float = PRUNE_EVERY_S) -> None:
         self.db_path = Path(db_path)
         self.flush_interval = flush_interval
         self.retention_s = retention_s
+        """Read before every prune, so a changed retention setting applies without a restart."""
+        self.prune_every_s = prune_every_s
         self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="accountpool-metrics", daemon=True)
         self._stopping = threading.Event()
@@ -75,8 +90,11 @@ class MetricsWriter:
         self._submitted = 0
         self._written = 0
         self._last_prune = 0.0
+        self._pid = os.getpid()
+        self._inflight_swept = False
         self.batches = 0
         self.lock_retries = 0
+        self.dropped = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -108,35 +126,41 @@ class MetricsWriter:
     def _run(self) -> None:
         db = schema.connect(self.db_path)
         pending: list[Op] = []
+        giving_up_at: float | None = None
         while True:
+            if not self._inflight_swept:
+                self._sweep_inflight(db)
             stop = self._collect(pending)
             if pending:
                 if self._write(db, pending):
-                    with self._flushed:
-                        self._written += len(pending)
-                        self._flushed.notify_all()
+                    self._mark_written(len(pending))
                     pending = []
                 else:
-                    if stop and self._stopping.is_set() and time.monotonic() > self._stop_deadline():
-                        log.error("metrics: giving up on %d unwritten operations at shutdown", len(pending))
-                        return
+                    if stop:
+                        giving_up_at = giving_up_at or time.monotonic() + 10.0
+                        if time.monotonic() > giving_up_at:
+                            log.error("metrics: giving up on %d unwritten operations at shutdown", len(pending))
+                            self._mark_written(len(pending))
+                            db.conn.close()
+                            return
                     time.sleep(min(1.0, self.flush_interval * 2))
                     continue
             if stop:
+                self._forget_own_inflight(db)
                 db.conn.close()
                 return
             self._maybe_prune(db)
 
-    def _stop_deadline(self) -> float:
-        if not hasattr(self, "_deadline"):
-            self._deadline = time.monotonic() + 10.0
-        return self._deadline
+    def _mark_written(self, n: int) -> None:
+        with self._flushed:
+            self._written += n
+            self._flushed.notify_all()
 
     def _collect(self, pending: list[Op]) -> bool:
-        """Gather ops for up to one flush interval; True once stop was requested."""
+        """Gather ops for up to one flush interval; True once stop was requested (the queue is then drained)."""
         deadline = time.monotonic() + self.flush_interval
-        stop = self._stopping.is_set()
-        while True:
+        stop = False
+        while len(pending) < MAX_BATCH:
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 break
@@ -146,18 +170,18 @@ class MetricsWriter:
                 break
             if op is None:
                 stop = True
-                # drain whatever is left without waiting
-                while True:
-                    try:
-                        rest = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if rest is not None:
-                        pending.append(rest)
                 break
             pending.append(op)
-            if len(pending) >= 5_000:
-                break
+        if stop or self._stopping.is_set():
+            # Whatever was submitted before stop() is in the queue by now: take all of it.
+            stop = True
+            while True:
+                try:
+                    rest = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if rest is not None:
+                    pending.append(rest)
         return stop
 
     def _write(self, db: Any, ops: list[Op]) -> bool:
@@ -201,13 +225,18 @@ class MetricsWriter:
                     conn.execute("UPDATE client_keys SET last_used_at = ? WHERE id = ?", [at, key_id])
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as exc:
             self.lock_retries += 1
             log.warning("metrics: batch of %d delayed (%s); will retry", len(ops), exc)
             if len(ops) > MAX_BACKLOG:
-                del ops[: len(ops) - MAX_BACKLOG]
+                # Memory stays bounded under a lock that never ends: the oldest ops go first.
+                excess = len(ops) - MAX_BACKLOG
+                del ops[:excess]
+                self.dropped += excess
+                self._mark_written(excess)
             return False
         except Exception:
             log.exception("metrics: could not write a batch of %d operations; dropping it", len(ops))
@@ -217,25 +246,96 @@ class MetricsWriter:
 
     def _maybe_prune(self, db: Any) -> None:
         now = time.time()
-        if now - self._last_prune < PRUNE_EVERY_S:
+        if now - self._last_prune < self.prune_every_s:
             return
-        self._last_prune = now
         try:
-            prune_old_rows(db, now - self.retention_s())
+            cutoff = now - float(self.retention_s())
+        except Exception:
+            log.exception("metrics: could not read the retention setting; pruning postponed")
+            self._last_prune = now
+            return
+        try:
+            _, more = _prune_step(db, cutoff, batch=PRUNE_BATCH, max_batches=PRUNE_BATCHES_PER_CYCLE)
         except sqlite3.OperationalError as exc:
             log.warning("metrics: pruning postponed (%s)", exc)
+            more = False
+        # A backlog continues on the next cycle, after the next batch of new rows.
+        self._last_prune = 0.0 if more else now
+
+    def _sweep_inflight(self, db: Any) -> None:
+        try:
+            removed = delete_stale_inflight(db, own_pid=self._pid)
+        except sqlite3.OperationalError as exc:
+            log.warning("metrics: stale in-flight rows not cleared yet (%s)", exc)
+            return
+        self._inflight_swept = True
+        if removed:
+            log.info("metrics: removed %d in-flight rows left by processes that are gone", removed)
+
+    def _forget_own_inflight(self, db: Any) -> None:
+        """At a clean stop, requests cut short by the shutdown must not look in flight forever."""
+        try:
+            db.conn.execute("DELETE FROM inflight WHERE pid = ?", [self._pid])
+        except sqlite3.OperationalError as exc:
+            log.warning("metrics: could not clear this process's in-flight rows (%s)", exc)
 
 
-def prune_old_rows(db: Any, cutoff: float, *, batch: int = PRUNE_BATCH) -> int:
-    """Delete rows older than `cutoff` in small transactions so traffic never waits behind a big one."""
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def delete_stale_inflight(db: Any, *, own_pid: int) -> int:
+    """Delete in-flight rows of processes that no longer run (a `kill -9` leaves them behind).
+
+    Called before this process records anything, so rows carrying its own pid are stale too: they
+    come from an earlier process that had the same pid (containers reuse pids after a restart).
+    """
+    pids = [r[0] for r in db.conn.execute("SELECT DISTINCT pid FROM inflight")]
+    dead = [pid for pid in pids if pid is None or pid == own_pid or not pid_alive(int(pid))]
     removed = 0
-    for table, column in (("requests", "started_at"), ("attempts", "started_at"), ("inflight", "updated_at")):
+    for pid in dead:
+        if pid is None:
+            cur = db.conn.execute("DELETE FROM inflight WHERE pid IS NULL")
+        else:
+            cur = db.conn.execute("DELETE FROM inflight WHERE pid = ?", [pid])
+        removed += cur.rowcount
+    return removed
+
+
+_PRUNED = (("requests", "started_at"), ("attempts", "started_at"), ("inflight", "updated_at"))
+
+
+def _prune_step(db: Any, cutoff: float, *, batch: int, max_batches: int | None) -> tuple[int, bool]:
+    """Delete up to `max_batches` batches of rows older than `cutoff`; (removed, more may remain)."""
+    removed, batches = 0, 0
+    for table, column in _PRUNED:
         while True:
+            if max_batches is not None and batches >= max_batches:
+                return removed, True
             cur = db.conn.execute(
                 f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {column} < ? LIMIT ?)",
                 [cutoff, batch],
             )
+            batches += 1
             removed += cur.rowcount
             if cur.rowcount < batch:
                 break
+    return removed, False
+
+
+def prune_old_rows(db: Any, cutoff: float, *, batch: int = PRUNE_BATCH) -> int:
+    """Delete rows older than `cutoff` in small transactions so traffic never waits behind a big one.
+
+    Each batch is its own autocommit transaction: the write lock is held for one batch at a time.
+    Returns how many rows went.
+    """
+    removed, _ = _prune_step(db, cutoff, batch=batch, max_batches=None)
     return removed

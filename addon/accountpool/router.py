@@ -135,7 +135,9 @@ class Router:
                     continue
                 self._served_by(run, account)
             if not responder.committed:
-                answer = errors.pool_exhausted(failures, skipped or [], now=time.time())
+                cooling = {s.account_id: self.view.health_of(s.account_id).cooldown_class or ""
+                           for s in skipped or [] if s.reason == "cooldown"}
+                answer = errors.pool_exhausted(failures, skipped or [], now=time.time(), cooldown_classes=cooling)
                 run.status, run.outcome, run.brief = answer.status, answer.outcome, answer.brief
                 await responder.whole(answer.status, [*answer.headers,
                                                       ("x-accountpool-request-id", admitted.request_id)], answer.body)
