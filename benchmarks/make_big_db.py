@@ -16,10 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "addon"))
-
-from accountpool import schema, store  # noqa: E402
-from accountpool.models import Account, AccountKind  # noqa: E402
+from accountpool import schema, store
+from accountpool.models import Account, AccountKind
 
 MODELS = ["gpt-5.5", "gpt-5.5-mini", "gpt-5-codex", "gpt-4.1"]
 ENDPOINTS = ["/v1/responses", "/v1/chat/completions", "/backend-api/codex/responses"]

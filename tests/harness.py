@@ -132,7 +132,7 @@ class Mitmdump:
 
     def __init__(self, pool: Pool, *, mode: str | None = None, options: dict[str, Any] | None = None,
                  extra_args: list[str] | None = None, tool: str = "mitmdump", port: int | None = None,
-                 confdir: Path | None = None) -> None:
+                 confdir: Path | None = None, listen_host: str = "127.0.0.1") -> None:
         self.pool = pool
         self.port = port or free_port()
         self.log = pool.dir / f"{tool}-{self.port}.log"
@@ -142,7 +142,7 @@ class Mitmdump:
                 "pool_oauth_token_url": f"{sim_url}/oauth/token", "pool_metrics_flush_ms": 100,
                 "confdir": str(self.confdir), "termlog_verbosity": "info"}
         opts.update(options or {})
-        self.args = [str(BIN / tool), "--listen-host", "127.0.0.1", "-p", str(self.port)]
+        self.args = [str(BIN / tool), "--listen-host", listen_host, "-p", str(self.port)]
         if mode is not False:
             self.args += ["--mode", mode or f"reverse:{sim_url}"]
         self.args += ["-s", str(ADDON)]
@@ -181,6 +181,13 @@ class Mitmdump:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(5)
         self._fh.close()
+
+    def run_to_exit(self, timeout: float = 30.0) -> tuple[int, str]:
+        """Start a mitmdump that is expected to refuse to start: (exit code, its output)."""
+        with open(self.log, "ab") as fh:
+            proc = subprocess.run(self.args, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)
+        return proc.returncode, self.log_text()
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

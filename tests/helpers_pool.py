@@ -60,10 +60,8 @@ def _cli_command(db: Path, args: tuple[str, ...], env: dict[str, str] | None,
                  script: bool) -> tuple[list[str], dict[str, str]]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ACCOUNTPOOL_")}
     full_env.update(env or {})
-    if script:
-        cmd = [str(Path(sys.executable).with_name("accountpool"))]
-    else:
-        cmd = [sys.executable, "-m", "accountpool.cli"]
+    console_script = [str(Path(sys.executable).with_name("accountpool"))]
+    cmd = console_script if script else [sys.executable, "-m", "accountpool.cli"]
     return [*cmd, "--db", str(db), *args], full_env
 
 

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_pool import all_tokens, assert_clean_error, make_auth_json, run_cli, run_cli_many, write_json
-
 from accountpool import account_admin, schema, store
 from accountpool.secrets_store import SecretsStore
 from accountpool.simulator import SimulatedUpstream
+from helpers_pool import all_tokens, assert_clean_error, make_auth_json, run_cli, run_cli_many, write_json
 
 LIST_FIELDS = {"id", "label", "kind", "plan", "enabled", "auth_blocked"}
 
@@ -154,7 +153,7 @@ def test_import_one_auth_json(db: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "added" in result.stdout and "one@example.com" in result.stdout
     [acc] = cli_listed(db)
-    assert LIST_FIELDS <= acc.keys()
+    assert acc.keys() >= LIST_FIELDS
     assert (acc["label"], acc["kind"], acc["plan"], acc["enabled"], acc["auth_blocked"]) == (
         "one@example.com", "chatgpt", "pro", True, False)
     assert acc["email"] == "one@example.com" and acc["upstream_account_id"] == "acct-one"
@@ -273,7 +272,7 @@ def test_list_never_shows_a_secret(db: Path, tmp_path: Path) -> None:
     assert text.returncode == as_json.returncode == 0
     assert "list@example.com" in text.stdout and "WXYZ" in text.stdout
     data = json.loads(as_json.stdout)
-    assert len(data) == 2 and all(LIST_FIELDS <= a.keys() for a in data)
+    assert len(data) == 2 and all(a.keys() >= LIST_FIELDS for a in data)
     for secret in [*all_tokens(auth), key]:
         for out in (text.stdout, as_json.stdout):
             assert secret not in out
@@ -464,6 +463,9 @@ def test_bad_input_is_one_clean_line_and_writes_nothing(db: Path, tmp_path: Path
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()
     bad_export = {"format": "accountpool-export", "version": 1, "accounts": [{"label": "x", "kind": "martian"}]}
+    null_export = {"format": "accountpool-export", "version": 1, "accounts": None}
+    odd_secrets = {"format": "accountpool-export", "version": 1,
+                   "accounts": [{"label": "y", "kind": "api_key", "secrets": ["sk-" + "q" * 40]}]}
 
     cases: list[tuple[tuple[str, ...], str | None, dict[str, str] | None, str]] = [
         (("import", str(tmp_path / "missing.json")), None, None, "missing.json"),
@@ -474,6 +476,8 @@ def test_bad_input_is_one_clean_line_and_writes_nothing(db: Path, tmp_path: Path
         (("import", str(mixed)), None, None, "b_bad.json"),
         (("import", str(empty_dir)), None, None, "no .json"),
         (("import", str(write_json(tmp_path / "badexport.json", bad_export))), None, None, "badexport.json"),
+        (("import", str(write_json(tmp_path / "nullexport.json", null_export))), None, None, "accounts"),
+        (("import", str(write_json(tmp_path / "oddsecrets.json", odd_secrets))), None, None, "secrets"),
         (("enable", "acc_nope"), None, None, "acc_nope"),
         (("disable", "nope-label"), None, None, "nope-label"),
         (("refresh", "acc_nope"), None, None, "acc_nope"),
@@ -490,7 +494,7 @@ def test_bad_input_is_one_clean_line_and_writes_nothing(db: Path, tmp_path: Path
     for (args, _, _, fragment), result in zip(cases, results, strict=True):
         line = assert_clean_error(result, fragment)
         assert result.stdout == "", args
-        for secret in all_tokens(good) + all_tokens(bad_jwt) + all_tokens(bad_payload):
+        for secret in [*all_tokens(good), *all_tokens(bad_jwt), *all_tokens(bad_payload), "q" * 40, "o" * 40]:
             assert secret not in line
     assert snapshot(db) == before
     assert not (tmp_path / "no").exists()
@@ -509,3 +513,42 @@ def test_not_a_database(tmp_path: Path) -> None:
     db = tmp_path / "pool.db"
     db.write_bytes(b"definitely not sqlite" * 50)
     assert_clean_error(run_cli(db, "list"), str(db))
+
+
+def test_export_without_secrets_restores_metadata_but_creates_no_empty_accounts(db: Path, tmp_path: Path) -> None:
+    auth = make_auth_json("acct-meta", email="meta@example.com")
+    acc_id = setup_login(db, auth)
+    out = tmp_path / "meta.json"
+    assert run_cli(db, "export", "-o", str(out)).returncode == 0
+
+    # into a fresh pool: an account without credentials could never serve, so refuse
+    other = tmp_path / "other" / "pool.db"
+    assert run_cli(other, "init").returncode == 0
+    assert_clean_error(run_cli(other, "import", str(out)), "include-secrets")
+    assert listed(other) == [] and secrets_of(other) == {}
+
+    # back into the pool it came from: metadata only; the stored tokens stay, and so does a block
+    # on them (only new tokens clear it)
+    block(db, acc_id)
+    result = run_cli(db, "import", str(out))
+    assert result.returncode == 0, result.stderr
+    [acc] = listed(db)
+    assert acc["id"] == acc_id and acc["auth_blocked"] is True
+    assert secrets_of(db)[acc_id].refresh_token == auth["tokens"]["refresh_token"]
+
+
+def test_export_import_never_overwrites_a_login_with_a_key_of_the_same_label(db: Path, tmp_path: Path) -> None:
+    auth = make_auth_json("acct-shared", email="shared@example.com")
+    login_id = setup_login(db, auth)
+    source = tmp_path / "src" / "pool.db"
+    assert run_cli(source, "init").returncode == 0
+    setup_key(source, "shared@example.com", "sk-shared-" + "s" * 40)
+    out = tmp_path / "keys.json"
+    assert run_cli(source, "export", "--include-secrets", "-o", str(out)).returncode == 0
+
+    result = run_cli(db, "import", str(out))
+    assert result.returncode == 0, result.stderr
+    accounts = listed(db)
+    assert len(accounts) == 2 and {a["kind"] for a in accounts} == {"chatgpt", "api_key"}
+    login = secrets_of(db)[login_id]
+    assert login.refresh_token == auth["tokens"]["refresh_token"] and login.api_key is None

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from accountpool import metrics_writer, schema
 from accountpool.metrics_writer import (
     HealthUpdate,
@@ -86,7 +85,7 @@ def test_many_submits_become_few_transactions(writer: MetricsWriter, db_path: Pa
 
 
 def test_flush_waits_for_the_rows(db_path: Path) -> None:
-    w = MetricsWriter(db_path, flush_interval=0.3)
+    w = MetricsWriter(db_path, flush_interval=1.0)
     w.start()
     try:
         w.submit(RequestRecord(request_row("late")))
@@ -271,7 +270,7 @@ def test_submit_never_blocks_while_the_writer_is_stuck(db_path: Path) -> None:
             t = time.perf_counter()
             w.submit(RequestRecord(request_row(i)))
             worst = max(worst, time.perf_counter() - t)
-        assert worst < 0.05, worst
+        assert worst < 0.5, worst  # a put, never a wait on SQLite (busy timeout: 5 s)
     finally:
         holder.execute("COMMIT")
         holder.close()

@@ -10,9 +10,8 @@ import traceback
 from pathlib import Path
 
 import pytest
-from helpers_pool import all_tokens, dump_served_db, make_auth_json, run_cli, write_json
-
 from accountpool.secrets_store import Credentials, SecretsStore, SecretsStoreError
+from helpers_pool import all_tokens, dump_served_db, make_auth_json, run_cli, write_json
 
 
 def _mode(path: Path) -> int:

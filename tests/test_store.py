@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import sqlite_utils
-from pydantic import ValidationError
-
 from accountpool import schema, store
 from accountpool.models import Account, AccountKind, ModelOverride, PoolSettings
+from pydantic import ValidationError
 
 
 def _migrations(db_path: Path) -> list[tuple[str, str]]:
@@ -152,7 +151,7 @@ def test_find_chatgpt_account_by_identity(pool) -> None:
 def test_client_keys_stored_hashed(pool, pool_paths: tuple[Path, Path]) -> None:
     db, _ = pool
     db_path, _ = pool_paths
-    key_id, key = store.create_client_key(db, "laptop")
+    _, key = store.create_client_key(db, "laptop")
     assert key.startswith(store.CLIENT_KEY_PREFIX) and len(key) > 30
     db.close()
     raw = b"".join(Path(str(db_path) + s).read_bytes() for s in ("", "-wal") if Path(str(db_path) + s).exists())
@@ -288,7 +287,7 @@ def _open_at_once(path: str, barrier, results) -> None:  # runs in a child proce
     try:
         schema.connect(path).close()
         results.put("ok")
-    except Exception as exc:
+    except Exception:
         results.put(traceback.format_exc())
 
 

@@ -57,7 +57,8 @@ def _read_json(path: Path) -> Any:
     except FileNotFoundError:
         raise ImportProblem(f"{path}: no such file") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ImportProblem(f"{path}: not valid JSON ({exc.__class__.__name__} at {getattr(exc, 'pos', '?')})") from None
+        where = getattr(exc, "pos", "?")
+        raise ImportProblem(f"{path}: not valid JSON ({exc.__class__.__name__} at {where})") from None
 
 
 def parse_codex_auth(data: Any, source: str, *, label: str | None = None) -> PendingAccount:
@@ -85,10 +86,15 @@ def parse_codex_auth(data: Any, source: str, *, label: str | None = None) -> Pen
 
 def parse_export(data: dict[str, Any], source: str) -> list[PendingAccount]:
     pending = []
-    for entry in data.get("accounts", []):
+    entries = data.get("accounts")
+    if not isinstance(entries, list):
+        raise ImportProblem(f"{source}: `accounts` must be a list")
+    for entry in entries:
         if not isinstance(entry, dict) or "label" not in entry or "kind" not in entry:
             raise ImportProblem(f"{source}: every exported account needs `label` and `kind`")
         secret = entry.get("secrets") or {}
+        if not isinstance(secret, dict) or not all(isinstance(v, str) for v in secret.values()):
+            raise ImportProblem(f"{source}: account {entry.get('label')!r}: `secrets` must map names to strings")
         fields = {k: v for k, v in entry.items() if k in Account.model_fields and k != "id"}
         try:
             account = Account(id=store.new_account_id(), **fields)
@@ -113,33 +119,51 @@ def parse_import_path(path: Path) -> list[PendingAccount]:
     return [parse_codex_auth(data, str(path))]
 
 
+def _has_credentials(item: PendingAccount) -> bool:
+    return bool(item.credentials.api_key or item.credentials.access_token)
+
+
+def _find_twin(db: sqlite_utils.Database, acc: Account) -> Account | None:
+    """The account this one is a re-import of: same ChatGPT identity, or an API key of the same label."""
+    if acc.kind == AccountKind.CHATGPT:
+        return store.find_chatgpt_account(db, acc.upstream_account_id, acc.email) if acc.upstream_account_id else None
+    # Only another API key: a login that happens to carry the same label must never get a key
+    # written over its tokens (that would lose its refresh token).
+    rows = list(db.query("select * from accounts where label = ? and kind = ?", [acc.label, AccountKind.API_KEY.value]))
+    return store.account_from_row(rows[0]) if rows else None
+
+
 def apply_import(db: sqlite_utils.Database, secrets: SecretsStore, pending: list[PendingAccount], *,
                  actor: str = "cli") -> list[ImportResult]:
+    # Refuse before writing anything: a new account without credentials could never serve
+    # (an export made without --include-secrets restores metadata of existing accounts only).
+    for item in pending:
+        if not _has_credentials(item) and _find_twin(db, item.account) is None:
+            raise ImportProblem(f"{item.source}: account {item.account.label!r} is not in this pool and the file "
+                                "holds no credentials for it (export it with --include-secrets)")
     results = []
     for item in pending:
         acc = item.account
-        twin = (store.find_chatgpt_account(db, acc.upstream_account_id, acc.email)
-                if acc.kind == AccountKind.CHATGPT and acc.upstream_account_id else None)
-        if twin is None and acc.kind == AccountKind.API_KEY and list(
-                db.query("select 1 from accounts where label = ?", [acc.label])):
-            twin = store.get_account(db, acc.label)
+        twin = _find_twin(db, acc)
         if twin is not None:
             # Same identity: refresh its tokens and clear a block instead of adding a twin.
-            creds = Credentials(twin.id, item.credentials.api_key, item.credentials.access_token,
-                                item.credentials.refresh_token, item.credentials.id_token)
-            if any((creds.api_key, creds.access_token)):
-                secrets.put(creds)
-            updated = store.update_account(db, twin.id, plan=acc.plan, email=acc.email,
-                                           access_expires_at=acc.access_expires_at, secret_hint=acc.secret_hint,
-                                           auth_blocked=False, auth_error=None)
+            changes: dict[str, Any] = {"plan": acc.plan, "email": acc.email}
+            if _has_credentials(item):
+                secrets.put(Credentials(twin.id, item.credentials.api_key, item.credentials.access_token,
+                                        item.credentials.refresh_token, item.credentials.id_token))
+                changes.update(access_expires_at=acc.access_expires_at, secret_hint=acc.secret_hint,
+                               auth_blocked=False, auth_error=None)
+            # else: metadata only; the stored tokens (and a block on them) stay as they are
+            updated = store.update_account(db, twin.id, **changes)
             store.record_audit(db, actor=actor, action="reimport", target=twin.id,
-                               before={"auth_blocked": twin.auth_blocked}, after={"auth_blocked": False})
+                               before={"auth_blocked": twin.auth_blocked},
+                               after={"auth_blocked": updated.auth_blocked,
+                                      "credentials": _has_credentials(item)})
             results.append(ImportResult(updated, "updated", item.source))
             continue
         if list(db.query("select 1 from accounts where label = ?", [acc.label])):
             acc = acc.model_copy(update={"label": f"{acc.label}-{acc.id[-4:]}"})
-        if any((item.credentials.api_key, item.credentials.access_token)):
-            secrets.put(item.credentials)
+        secrets.put(item.credentials)
         try:
             store.insert_account(db, acc)
         except Exception:

@@ -42,7 +42,7 @@ def _open(args: argparse.Namespace, *, create: bool = False) -> tuple[sqlite_uti
 
 
 def cmd_init(args: argparse.Namespace) -> None:
-    db, secrets = _open(args, create=True)
+    _db, secrets = _open(args, create=True)
     print(f"pool database: {Path(args.db).resolve()}")
     print(f"secrets store: {secrets.path.resolve()} (mode 0600, never served)")
 

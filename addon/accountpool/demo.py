@@ -55,8 +55,9 @@ def build_demo_pool(db_path: Path, sim: SimulatedUpstream) -> str:
     db = schema.connect(db_path)
     secrets = SecretsStore(secrets_path)
     try:
-        keys = {"team-key": "sk-demo-team-" + "a" * 24 + "1111", "backup-key": "sk-demo-backup-" + "b" * 22 + "2222",
-                "free-key": "sk-demo-free-" + "c" * 24 + "3333"}
+        # Labels sort the troubled accounts first, so failover shows on the dashboard.
+        keys = {"alpha-team-key": "sk-demo-team-" + "a" * 24 + "1111",
+                "backup-key": "sk-demo-backup-" + "b" * 22 + "2222", "free-key": "sk-demo-free-" + "c" * 24 + "3333"}
         for label, key in keys.items():
             plan = "free" if label == "free-key" else "paid"
             sim.add_api_key(key, plan=plan)
@@ -67,8 +68,8 @@ def build_demo_pool(db_path: Path, sim: SimulatedUpstream) -> str:
             pending = account_admin.parse_codex_auth(auth, label, label=label)
             account_admin.apply_import(db, secrets, [pending], actor="demo")
         # Scripted trouble, so the dashboard has something to show.
-        sim.script(keys["team-key"], [{"kind": "rate_limit", "retry_after": 20, "count": 3},
-                                      {"kind": "server_error", "count": 2}])
+        sim.script(keys["alpha-team-key"], [{"kind": "server_error", "count": 2},
+                                            {"kind": "rate_limit", "retry_after": 15, "count": None}])
         sim.script("acct-demo-pro", [{"kind": "expired", "count": 1}, {"kind": "inband_error", "count": 2}])
         sim.set_usage("acct-demo-pro", primary_used_percent=35.0, secondary_used_percent=20.0)
         sim.set_usage("acct-demo-plus", primary_used_percent=70.0, secondary_used_percent=55.0)

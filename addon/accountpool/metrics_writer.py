@@ -208,7 +208,8 @@ class MetricsWriter:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if requests:
-                    db["requests"].insert_all(requests, replace=True, batch_size=500)
+                    # OR IGNORE, not OR REPLACE: a replace skips the delete trigger of the per-minute rollup.
+                    db["requests"].insert_all(requests, ignore=True, batch_size=500)
                 if attempts:
                     db["attempts"].insert_all(attempts, replace=True, batch_size=500)
                 gone = [rid for rid, row in inflight.items() if row is None]

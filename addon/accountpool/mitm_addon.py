@@ -140,6 +140,8 @@ class AccountPool:
     # ------------------------------------------------------------ options
 
     def load(self, loader: Any) -> None:
+        # httpx logs every upstream request at INFO; mitmproxy's own flow log already shows them.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         loader.add_option("pool_db", str, str(default_db_path()),
                           "accountpool: pool database (default data/pool.db or $ACCOUNTPOOL_DB)")
         loader.add_option("pool_secrets", str, "", "accountpool: secrets store (default: beside pool_db)")

@@ -52,6 +52,7 @@ class PoolView:
     """Accounts, health, settings and client keys as of the last change, plus session affinity."""
 
     def __init__(self, db_path: str | Path, secrets_path: str | Path) -> None:
+        self.db_path = Path(db_path)
         self.db = schema.open_existing(db_path, check_same_thread=False)
         self.secrets = SecretsStore(secrets_path, create=False)
         self._lock = threading.Lock()

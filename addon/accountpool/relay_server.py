@@ -134,6 +134,10 @@ class RelayServer:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, h11.RemoteProtocolError):
             return
+        except asyncio.CancelledError:
+            # Shutdown with an idle keep-alive connection: end quietly (Python 3.11's stream
+            # callback would otherwise log the cancellation as an unhandled exception).
+            return
         finally:
             with contextlib.suppress(Exception):
                 writer.close()

@@ -57,7 +57,9 @@ class Passthrough:
                  "param": None}
         if self.chat_style_errors:
             return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
-        return b"event: error\ndata: " + json.dumps({"type": "error", "error": error}).encode() + b"\n\n"
+        # The Responses stream's own `error` event is flat (code, message); SDKs look for `error`.
+        event = {"type": "error", "code": error["code"], "message": error["message"], "param": None, "error": error}
+        return b"event: error\ndata: " + json.dumps(event).encode() + b"\n\n"
 
 
 class CatalogOverride(Passthrough):

@@ -30,7 +30,7 @@ from .response_shapers import AttemptPlan, plan_attempt
 from .secrets_store import Credentials
 from .selection import choose_candidates
 from .sse_usage import StreamWatcher, TokenUsage, usage_from_json_body
-from .token_rotation import rotate_tokens
+from .token_rotation import access_expiry, rotate_tokens
 from .usage_headers import parse_usage_headers
 
 log = logging.getLogger("accountpool.router")
@@ -141,6 +141,13 @@ class Router:
                 run.status, run.outcome, run.brief = answer.status, answer.outcome, answer.brief
                 await responder.whole(answer.status, [*answer.headers,
                                                       ("x-accountpool-request-id", admitted.request_id)], answer.body)
+        except Exception as exc:
+            # The relay server answers 500 (or cuts a committed stream); the row says why.
+            if run.outcome is FailureClass.OK or not responder.committed:
+                run.outcome, run.brief = FailureClass.INTERNAL_ERROR, f"internal error: {type(exc).__name__}"
+                if not responder.committed:
+                    run.status = 500
+            raise
         finally:
             self._record(run)
 
@@ -158,10 +165,12 @@ class Router:
             raise self._fail(run, account, FailureClass.AUTH_FAILED, "no stored credentials for this account",
                              status=None, ms=0.0)
         refreshed = False
-        if account.kind == AccountKind.CHATGPT and account.access_expires_at and \
-                account.access_expires_at - time.time() < self.config.refresh_margin_s:
-            creds = await self._refresh(run, account, creds)
-            refreshed = True
+        if account.kind == AccountKind.CHATGPT:
+            # The expiry of the token we hold, not the accounts row: that one lags behind a refresh.
+            expires = access_expiry(creds) or account.access_expires_at
+            if expires and expires - time.time() < self.config.refresh_margin_s:
+                creds = await self._refresh(run, account, creds)
+                refreshed = True
         while True:
             plan = plan_attempt(run.admitted, account, creds, chatgpt_base=self.config.chatgpt_base,
                                 catalog_overrides=self.view.settings.model_overrides)
@@ -311,10 +320,16 @@ class Router:
                 return current  # refreshed by someone else while we waited
             try:
                 fresh = await asyncio.to_thread(rotate_tokens, self.view.secrets.path, account.id,
-                                                stale_generation=stale.generation, token_url=self.config.token_url)
+                                                stale_generation=stale.generation, token_url=self.config.token_url,
+                                                db_path=self.view.db_path)
             except RefreshError as exc:
                 # Routing never blocks an account (SPEC §2): the attempt fails and the account cools down.
                 raise self._fail(run, account, FailureClass.AUTH_FAILED, str(exc), status=None,
+                                 ms=_ms(started), refreshed=True) from None
+            except Exception as exc:  # e.g. the secrets store is locked or unreadable
+                log.exception("token refresh of %s failed unexpectedly", account.display)
+                raise self._fail(run, account, FailureClass.AUTH_FAILED,
+                                 f"token refresh failed: {type(exc).__name__}", status=None,
                                  ms=_ms(started), refreshed=True) from None
             self.view.remember_credentials(fresh)
             return fresh

@@ -8,15 +8,24 @@ moved on uses the stored result instead of spending the (now dead) old refresh t
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from . import schema, store
+from .jwt_claims import token_expiry
 from .oauth import RefreshError, client_id_for, refresh_sync
 from .secrets_store import Credentials, SecretsStore
 
+log = logging.getLogger("accountpool.refresh")
+
 
 def rotate_tokens(secrets_path: str | Path, account_id: str, *, stale_generation: int | None,
-                  token_url: str) -> Credentials:
-    """Refresh unless someone already did since `stale_generation` (None forces a refresh)."""
+                  token_url: str, db_path: str | Path | None = None) -> Credentials:
+    """Refresh unless someone already did since `stale_generation` (None forces a refresh).
+
+    With `db_path`, a refresh done here also records the new expiry in the accounts table and
+    clears a stale `auth_error` there (the dashboard shows both); the tokens are safe by then.
+    """
     secrets = SecretsStore(secrets_path, create=False)
     try:
         with secrets.refresh_lock(account_id):
@@ -28,7 +37,35 @@ def rotate_tokens(secrets_path: str | Path, account_id: str, *, stale_generation
                 return current
             answer = refresh_sync(token_url, current.refresh_token,
                                   client_id_for(current.access_token, current.id_token))
-            return secrets.save_rotation(account_id, access_token=answer.access_token,
-                                         refresh_token=answer.refresh_token, id_token=answer.id_token)
+            saved = secrets.save_rotation(account_id, access_token=answer.access_token,
+                                          refresh_token=answer.refresh_token, id_token=answer.id_token)
     finally:
         secrets.close()
+    if db_path is not None:
+        note_rotation(db_path, account_id, saved)
+    return saved
+
+
+def access_expiry(creds: Credentials) -> float | None:
+    """When the stored access token expires (its `exp` claim), or None when it does not say."""
+    try:
+        return token_expiry(creds.access_token) if creds.access_token else None
+    except ValueError:
+        return None
+
+
+def note_rotation(db_path: str | Path, account_id: str, creds: Credentials) -> None:
+    """Best effort: a failure here must not fail a refresh whose tokens are already stored."""
+    try:
+        db = schema.open_existing(db_path)
+    except Exception as exc:
+        log.warning("refresh of %s: could not open the pool database to record it: %s", account_id, exc)
+        return
+    try:
+        # `secret_hint` stays: it names the account for humans, and a hint that changed with every
+        # refresh would make one login look like several in logs and flows.
+        store.update_account(db, account_id, access_expires_at=access_expiry(creds), auth_error=None)
+    except Exception as exc:
+        log.warning("refresh of %s: could not record the new expiry: %s", account_id, exc)
+    finally:
+        db.conn.close()

@@ -48,5 +48,13 @@ def startup(datasette: Any) -> Any:
 
 
 @hookimpl
+def extra_template_vars(template: str, datasette: Any) -> dict[str, str]:
+    if "accountpool" not in template:
+        return {}
+    return {"ap_static_css": datasette.urls.static_plugins(config.STATIC_NAME, "accountpool.css"),
+            "ap_static_js": datasette.urls.static_plugins(config.STATIC_NAME, "accountpool.js")}
+
+
+@hookimpl
 def prepare_jinja2_environment(env: Any) -> None:
     formatting.register(env)

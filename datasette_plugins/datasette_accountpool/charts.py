@@ -9,8 +9,8 @@ from markupsafe import Markup, escape
 
 from .formatting import ms
 
-WIDTH, HEIGHT = 720, 220
-LEFT, RIGHT, TOP, BOTTOM = 44, 56, 24, 26
+WIDTH, HEIGHT = 960, 260
+LEFT, RIGHT, TOP, BOTTOM = 52, 64, 28, 28
 
 
 def _nice_max(value: float) -> float:

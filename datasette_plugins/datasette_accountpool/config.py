@@ -18,6 +18,8 @@ from accountpool.paths import secrets_path_for
 from accountpool.schema import SECRET_TABLE_NAMES
 
 PLUGIN_NAME = "datasette-accountpool"
+STATIC_NAME = "accountpool"
+"""Datasette serves `static/` under the *distribution's* name: /-/static-plugins/accountpool/…"""
 TOKEN_URL_ENV = "ACCOUNTPOOL_OAUTH_TOKEN_URL"
 POOL_TABLES = frozenset({"accounts", "requests"})
 

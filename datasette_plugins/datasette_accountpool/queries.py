@@ -153,7 +153,7 @@ def _raw_aggregates(conn: sqlite3.Connection, window: Window, since: float, now:
     breakdowns: dict[str, list[dict[str, Any]]] = {}
     for dim, column in COUNT_DIMS.items():
         breakdowns[dim] = _rows(
-            conn, f"SELECT coalesce({column}, '') AS key, count(*) AS requests, "
+            conn, f"SELECT CAST(coalesce({column}, '') AS TEXT) AS key, count(*) AS requests, "
                   f"coalesce(sum({_FAILED}), 0) AS failures, coalesce(sum(total_tokens), 0) AS total_tokens "
                   f"FROM requests WHERE started_at >= ? GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
             [since, 100 if dim in ("status", "outcome") else TOP_N])

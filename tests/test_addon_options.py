@@ -1,0 +1,70 @@
+"""Client keys (SPEC §3) and the addon's options: what a misconfigured proxy refuses to do."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from harness import Mitmdump, openai_client
+from helpers_pool import run_cli
+
+KEY_A = "sk-test-alpha-aaaaaaaaaaaaaaaaaaaa"
+BODY = {"model": "gpt-5.5", "input": "hi"}
+
+
+def assert_client_auth_error(r) -> None:
+    assert r.status_code == 401, r.text
+    error = r.json()["error"]
+    assert error["code"] == "invalid_client_key" and error["type"] == "invalid_request_error"
+    assert "accountpool" in error["message"]
+
+
+def test_client_keys_wrong_missing_revoked_and_header_forms(pool_env, sim):
+    pool_env.add_key("a", KEY_A)
+    with Mitmdump(pool_env) as proxy, proxy.client() as client:
+        assert_client_auth_error(client.post("/v1/responses", json=BODY, headers={"authorization": "Bearer nope"}))
+        r = client.post("/v1/responses", json=BODY, headers={"authorization": ""})
+        assert_client_auth_error(r)
+        assert "missing client key" in r.json()["error"]["message"]
+        with pytest.raises(openai.AuthenticationError):
+            openai_client(proxy, key="sk-pool-wrong").responses.create(**BODY)
+        assert sim.requests() == []  # nothing reached the upstream
+        # The three accepted header forms.
+        for name, value in (("authorization", f"Bearer {pool_env.client_key}"), ("x-api-key", pool_env.client_key),
+                            ("api-key", pool_env.client_key)):
+            r = client.post("/v1/responses", json=BODY, headers={"authorization": "", name: value})
+            assert r.status_code == 200, (name, r.text)
+        assert len(sim.requests()) == 3
+        for q in sim.requests():
+            assert pool_env.client_key not in repr(q["headers"])
+            assert "x-api-key" not in q["headers"] and "api-key" not in q["headers"]
+        # Revoked with the CLI while the proxy runs: refused from the next request.
+        result = run_cli(pool_env.db_path, "client-key", "revoke", "tests")
+        assert result.returncode == 0, result.stderr
+        assert_client_auth_error(client.post("/v1/responses", json=BODY))
+        assert len(sim.requests()) == 3
+        rows = pool_env.wait_rows("select * from requests where outcome = 'client_auth_failed'", 4)
+        assert all(r["status"] == 401 and r["attempts"] == 0 for r in rows)
+
+
+def test_client_keys_off_on_loopback(pool_env, sim):
+    pool_env.add_key("a", KEY_A)
+    with Mitmdump(pool_env, options={"pool_require_client_keys": False}) as proxy, proxy.client() as client:
+        r = client.post("/v1/responses", json=BODY, headers={"authorization": ""})
+        assert r.status_code == 200, r.text
+        # A key the client sends anyway is still never forwarded.
+        r = client.post("/v1/responses", json=BODY, headers={"authorization": "Bearer sk-client-own-key-123456"})
+        assert r.status_code == 200
+        assert all(q["auth"] == f"Bearer {KEY_A}" for q in sim.requests())
+
+
+@pytest.mark.parametrize(("options", "listen_host", "message"), [
+    ({"pool_max_attempts": 0}, "127.0.0.1", "pool_max_attempts must be between 1 and 20"),
+    ({"pool_chatgpt_base_url": "chatgpt.com/backend-api"}, "127.0.0.1",
+     "pool_chatgpt_base_url must be an http:// or https:// URL"),
+    ({"pool_require_client_keys": False}, "0.0.0.0", "refusing to run without client keys while listening on"),
+    ({"pool_db": "/nonexistent/pool.db"}, "127.0.0.1", "no pool database at /nonexistent/pool.db"),
+])
+def test_invalid_options_refuse_to_start(pool_env, options, listen_host, message):
+    code, output = Mitmdump(pool_env, options=options, listen_host=listen_host).run_to_exit()
+    assert code != 0
+    assert message in output

@@ -1,0 +1,100 @@
+"""Streams through the proxy: chunk by chunk, in-band failover, cuts after commit, model catalogs."""
+
+from __future__ import annotations
+
+import time
+
+import openai
+import pytest
+from harness import Mitmdump, openai_client, sse_events, timed_sse
+
+KEY_A = "sk-test-alpha-aaaaaaaaaaaaaaaaaaaa"
+KEY_B = "sk-test-bravo-bbbbbbbbbbbbbbbbbbbb"
+SLOW = {"x-sim-deltas": "20", "x-sim-delta-delay-ms": "100"}  # the upstream needs ≥ 2 s
+
+
+def test_stream_is_delivered_chunk_by_chunk(pool_env, sim):
+    pool_env.add_key("a", KEY_A)
+    with Mitmdump(pool_env) as proxy, proxy.client() as client:
+        body = {"model": "gpt-5.5", "input": "tell me a long story", "stream": True}
+        with client.stream("POST", "/v1/responses", json=body, headers=SLOW) as r:
+            assert r.status_code == 200
+            events = timed_sse(r)
+        deltas = [t for t, name, _ in events if name == "response.output_text.delta"]
+        assert len(deltas) == 20
+        assert events[-1][1] == "response.completed"
+        assert events[-1][0] - deltas[0] >= 1.0, "the first content event waited for the whole stream"
+        # The same through the SDK, for a ChatGPT login (Codex backend) as well.
+        pool_env.add_login("b-login", "acct-b")
+        from accountpool import store
+
+        db = pool_env.db()
+        store.set_enabled(db, store.get_account(db, "a").id, False, actor="tests")
+        db.close()
+        arrivals = []
+        stream = openai_client(proxy).responses.create(model="gpt-5.5", input="story", stream=True,
+                                                        extra_headers=SLOW)
+        for event in stream:
+            arrivals.append((time.monotonic(), event.type))
+        first = next(t for t, kind in arrivals if kind == "response.output_text.delta")
+        assert arrivals[-1][1] == "response.completed"
+        assert arrivals[-1][0] - first >= 1.0
+        assert sim.requests()[-1]["path"] == "/backend-api/codex/responses"
+
+
+@pytest.mark.parametrize("event", ["response.failed", "error"])
+def test_inband_error_before_content_fails_over_invisibly(pool_env, sim, event):
+    a = pool_env.add_login("a", "acct-a")
+    b = pool_env.add_login("b", "acct-b")
+    sim.script("acct-a", [{"kind": "inband_error", "event": event, "code": "rate_limit_exceeded"}])
+    with Mitmdump(pool_env) as proxy, proxy.client() as client:
+        r = client.post("/v1/responses", json={"model": "gpt-5.5", "input": "hi", "stream": True})
+        assert r.status_code == 200
+        assert r.headers["x-accountpool-account"].startswith("b")
+        names = [name for name, _ in sse_events(r.text)]
+        assert names.count("response.created") == 1
+        assert "response.failed" not in names and "error" not in names
+        assert names[-1] == "response.completed"
+        attempts = pool_env.wait_rows("select * from attempts order by n", 2)
+        assert [(x["account_id"], x["class"]) for x in attempts] == [(a, "rate_limited"), (b, "ok")]
+        health = pool_env.wait_rows("select * from account_health where account_id = ? and cooldown_until > 0",
+                                    1, [a])
+        assert health[0]["cooldown_class"] == "rate_limited"
+
+
+def test_cut_after_commit_ends_with_an_explicit_error_event(pool_env, sim):
+    a = pool_env.add_key("a", KEY_A)
+    pool_env.add_key("b", KEY_B)
+    sim.script(KEY_A, [{"kind": "cut", "after_events": 5, "count": 2}])
+    with Mitmdump(pool_env) as proxy, proxy.client() as client:
+        r = client.post("/v1/responses", json={"model": "gpt-5.5", "input": "hi", "stream": True})
+        assert r.status_code == 200
+        events = sse_events(r.text)
+        assert any(name == "response.output_text.delta" for name, _ in events)
+        assert "response.completed" not in [name for name, _ in events]
+        name, data = events[-1]
+        assert name == "error" and data["error"]["code"] == "stream_interrupted"
+        row = pool_env.wait_rows("select * from requests", 1)[0]
+        assert (row["account_id"], row["outcome"], row["status"]) == (a, "stream_interrupted", 200)
+        assert len(sim.requests()) == 1  # committed: no second account was tried
+        # The SDK surfaces it as an error rather than a silently short answer.
+        with pytest.raises(openai.APIError, match="stream"):
+            list(openai_client(proxy).responses.create(model="gpt-5.5", input="hi", stream=True))
+
+
+def test_model_catalogs_carry_the_context_overrides(pool_env, sim):
+    pool_env.add_key("a", KEY_A)
+    pool_env.add_login("b", "acct-b")
+    with Mitmdump(pool_env) as proxy, proxy.client() as client:
+        models = {m.id: m for m in openai_client(proxy).models.list()}
+        big = models["gpt-5.5"].model_extra
+        assert (big["context_window"], big["auto_compact_token_limit"]) == (1_050_000, 650_000)
+        assert big["max_context_window"] == 1_050_000
+        assert "context_window" not in (models["gpt-5.4-mini"].model_extra or {})
+        # Codex's own listing (a ChatGPT login serves it).
+        r = client.get("/backend-api/codex/models")
+        assert r.status_code == 200, r.text
+        codex = {m["slug"]: m for m in r.json()["models"]}
+        assert codex["gpt-5.5"]["context_window"] == 1_050_000
+        assert codex["gpt-5.5"]["auto_compact_token_limit"] == 650_000
+        assert codex["gpt-5.4-mini"]["context_window"] == 272_000
