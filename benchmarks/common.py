@@ -156,6 +156,10 @@ class Proxy:
     auth: str
     """The Authorization header value the load generator sends."""
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
 
 QUIET = ["--set", "flow_detail=0", "--set", "termlog_verbosity=warn"]
 
@@ -201,11 +205,12 @@ def request_body(kind: str) -> bytes:
 
 
 def run_loadgen(port: int, auth: str, *, kind: str, concurrency: int, duration: float, warmup: float,
-                extra_headers: dict[str, str] | None = None, max_requests: int = 0, timeout: float = 60.0) -> dict:
+                extra_headers: dict[str, str] | None = None, max_requests: int = 0, timeout: float = 60.0,
+                raw: bool = False) -> dict:
     """Run `loadgen.py` as a separate process and return its JSON summary."""
     args = [sys.executable, str(HERE / "loadgen.py"), "--port", str(port), "--path", "/v1/responses",
             "--auth", auth, "--kind", kind, "--concurrency", str(concurrency), "--duration", str(duration),
-            "--warmup", str(warmup), "--max-requests", str(max_requests)]
+            "--warmup", str(warmup), "--max-requests", str(max_requests), *(["--raw"] if raw else [])]
     for k, v in (extra_headers or {}).items():
         args += ["--header", f"{k}: {v}"]
     budget = warmup + duration + timeout
@@ -221,6 +226,12 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a whole process (all threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine() -> dict[str, str]:

@@ -183,7 +183,7 @@ def pct(values: list[float], p: float) -> float | None:
     if not values:
         return None
     s = sorted(values)
-    return round(s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))] * 1000, 3)
+    return round(s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] * 1000, 3)
 
 
 async def main_async(args: argparse.Namespace) -> dict:

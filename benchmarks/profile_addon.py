@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BIN, make_pool, run_loadgen, scratch_dir, simulator, start_addon, start_bare  # noqa: E402
+from common import BIN, make_pool, run_loadgen, scratch_dir, simulator, start_addon, start_bare
 
 # (label, substrings of a frame "function (file:line)"); first match on the stack wins for inclusive.
 INCLUSIVE = [
@@ -65,8 +65,37 @@ def leaf_module(frame: str) -> str:
     return parts[-2] + "/" + parts[-1] if len(parts) > 1 else parts[-1]
 
 
+STDLIB_DIRS = ("asyncio/", "selectors.py", "contextlib.py", "socket.py", "enum.py", "dataclasses.py", "typing.py",
+               "threading.py", "functools.py", "ssl.py", "abc.py", "re/", "json/", "queue.py", "weakref",
+               "collections/", "<frozen", "copy.py", "traceback.py", "linecache.py", "secrets.py", "base64.py",
+               "urllib/", "email/", "http/client.py", "ipaddress.py", "hashlib.py", "random.py", "types.py")
+DIAG = "diag_patches.py"
+
+
+def owner(frames: list[str]) -> str:
+    """Who is responsible for a sample: logging if it is on the stack, else the first non-stdlib frame
+    from the leaf up, grouped by package (accountpool by module)."""
+    if any("logging/__init__.py" in f or "LegacyLogEvents" in f for f in frames):
+        return "logging (records + mitmproxy add_log dispatch)"
+    for f in reversed(frames):
+        if "(" not in f:
+            continue
+        path = f.rsplit("(", 1)[1].split(":")[0]
+        if any(d in path for d in STDLIB_DIRS) or DIAG in path:
+            continue
+        if "accountpool/" in path:
+            return "accountpool/" + path.rsplit("/", 1)[1]
+        for pkg in ("httpx", "httpcore", "anyio", "h11", "mitmproxy", "sqlite_utils", "pydantic", "sniffio"):
+            if path.startswith(pkg + "/") or f"/{pkg}/" in path:
+                return {"httpcore": "httpx+httpcore+anyio", "httpx": "httpx+httpcore+anyio",
+                        "anyio": "httpx+httpcore+anyio", "sniffio": "httpx+httpcore+anyio"}.get(pkg, pkg)
+        return path
+    return "event loop / stdlib (select, socket syscalls)"
+
+
 def analyse(collapsed: Path, top: int = 25) -> str:
     total = 0
+    owners: Counter[str] = Counter()
     self_by: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     threads: Counter[str] = Counter()
@@ -81,11 +110,14 @@ def analyse(collapsed: Path, top: int = 25) -> str:
         total += n
         threads[frames[0][:60]] += n
         self_by[leaf_module(frames[-1])] += n
+        owners[owner(frames)] += n
         for label, needles in INCLUSIVE:
             if any(needle in f for f in frames for needle in needles):
                 incl[label] += n
     out = [f"samples: {total}", "", "threads:"]
     out += [f"  {n / total:6.1%}  {t}" for t, n in threads.most_common(6)]
+    out += ["", "by owner (each sample once: the first non-stdlib frame from the leaf up):"]
+    out += [f"  {n / total:6.1%}  {o}" for o, n in owners.most_common(20)]
     out += ["", "inclusive (a sample counts once per row; rows overlap):"]
     out += [f"  {incl[label] / total:6.1%}  {label}" for label, _ in INCLUSIVE]
     out += ["", f"self time by leaf module (top {top}):"]
@@ -113,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    p.add_argument("--nonblocking", action="store_true",
+                   help="py-spy without pausing mitmdump (less overhead, but many stacks come out partial)")
     p.add_argument("--bare", action="store_true", help="profile bare mitmdump instead (for comparison)")
     p.add_argument("--patch", default="", help="candidate fixes from diag_patches.py, e.g. nodelay,metrics_batch")
     p.add_argument("--analyse", type=Path, help="only print the analysis of an existing collapsed file")
@@ -134,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             name = f"{proxy.name}-{args.kind}-c{args.concurrency}"
             collapsed = work / f"{name}.txt"
             spy = subprocess.Popen([pyspy, "record", "--pid", str(proxy.proc.pid), "--rate", str(args.rate),
-                                    "--duration", str(int(args.duration)), "--format", "raw", "--nonblocking", "-o", str(collapsed)],
+                                    "--duration", str(int(args.duration)), "--format", "raw", "-o", str(collapsed),
+                                    *(["--nonblocking"] if args.nonblocking else [])],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(0.5)
             cpu0 = thread_cpu(proxy.proc.pid)

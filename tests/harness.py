@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -19,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
 from accountpool import account_admin, schema, store
 from accountpool.secrets_store import SecretsStore
 from accountpool.simulator import SimulatedUpstream
@@ -203,6 +204,102 @@ class Mitmdump:
         self.stop()
 
 
+class Datasette:
+    """`datasette <pool.db> --root` as a real process; `sign_in_url` signs a browser in as root.
+
+    The plugin finds the secrets store beside the database; "refresh now" talks to the simulator.
+    Output goes to a log file under the pool's dir once the sign-in URL has been read from it.
+    """
+
+    SIGN_IN = re.compile(r"(http://\S+/-/auth-token\?token=\S+)")
+
+    def __init__(self, pool: Pool, *, port: int | None = None, extra_args: list[str] | None = None) -> None:
+        self.pool = pool
+        self.port = port or free_port()
+        self.log = pool.dir / f"datasette-{self.port}.log"
+        self.args = [str(BIN / "datasette"), str(pool.db_path), "--root", "-h", "127.0.0.1", "-p", str(self.port),
+                     *(extra_args or [])]
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1",
+                    "ACCOUNTPOOL_OAUTH_TOKEN_URL": f"{pool.sim.url}/oauth/token"}
+        self.proc: subprocess.Popen | None = None
+        self.sign_in_url = ""
+        self._found = threading.Event()
+
+    def start(self, timeout: float = 30.0) -> Datasette:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=self.env, start_new_session=True)
+        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        while not self._found.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"datasette printed no root sign-in URL:\n{self.log_text()[-4000:]}")
+        wait_for_port(self.port, self.proc, timeout=max(1.0, deadline - time.monotonic()), log=self.log)
+        return self
+
+    def _read_output(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        with open(self.log, "a") as fh:
+            for line in self.proc.stdout:
+                fh.write(line)
+                fh.flush()
+                match = self.SIGN_IN.search(line)
+                if match and not self._found.is_set():
+                    self.sign_in_url = match.group(1)
+                    self._found.set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(5)
+        return self.proc.returncode
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def __enter__(self) -> Datasette:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# Debian's Chromium, driven by Playwright (never a downloaded browser).
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+LAPTOP = {"width": 1366, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+
+def launch_chromium(playwright: Any) -> Any:
+    """A headless Debian Chromium from a sync Playwright instance."""
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+
+
+def signed_in_page(browser: Any, datasette: Datasette, viewport: dict[str, int] = LAPTOP) -> Any:
+    """A new browser context signed in as root through Datasette's `--root` URL (valid once: change the
+    page's viewport with `page.set_viewport_size` rather than signing in again)."""
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    page.goto(datasette.sign_in_url)
+    assert any(c["name"] == "ds_actor" for c in context.cookies()), "the sign-in URL set no actor cookie"
+    return page
+
+
 def _opt(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -294,3 +391,113 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) ->
         if time.monotonic() > deadline:
             raise TimeoutError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+# ---------------------------------------------------------------- helpers for hardening tests (issue 7)
+
+
+def fast_cooldowns(pool: Pool, seconds: float = 1) -> None:
+    """Every default cooldown `seconds` long, so a faulted account is back within the test."""
+    from accountpool.models import PoolSettings
+
+    db = pool.db()
+    try:
+        current = store.load_settings(db)
+        store.save_settings(db, PoolSettings.model_validate({
+            **current.model_dump(mode="json"), "cooldown_rate_limited_s": seconds, "cooldown_quota_s": seconds,
+            "cooldown_auth_s": seconds, "cooldown_upstream_s": seconds, "cooldown_model_s": seconds}), actor="tests")
+    finally:
+        db.close()
+
+
+def secret_files(root: Path) -> list[Path]:
+    """What a secret scan of a test run reads: every log, database (with -wal/-shm/-journal) and flow file
+    under `root`, except the secrets store itself (whose job is to hold them)."""
+    out = []
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or ".secrets" in path.name or "mitmproxy-conf" in path.parts:
+            continue
+        if path.suffix in (".log", ".mitm", ".flows", ".json") or ".db" in path.name:
+            out.append(path)
+    return out
+
+
+def scan_run_for_secrets(root: Path, secrets: Iterable[str]) -> dict[str, list[str]]:
+    """{file name: secrets found (as last four)} over `secret_files(root)`; empty when clean."""
+    secrets = list(secrets)
+    hits = {}
+    for path in secret_files(root):
+        found = find_secrets(path.read_bytes(), secrets)
+        if found:
+            hits[str(path.relative_to(root))] = found
+    return hits
+
+
+def integrity_check(path: Path) -> str:
+    """SQLite's own `PRAGMA integrity_check` on a file (read-only open): "ok" when intact."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return "\n".join(r[0] for r in conn.execute("PRAGMA integrity_check"))
+    finally:
+        conn.close()
+
+
+class TokenUseAudit:
+    """Checks, at the simulated upstream, that every ChatGPT access token presented upstream is already in the
+    secrets store *on disk* (read by another connection at that moment): refreshed tokens are persisted before use.
+
+    Wraps the simulator instance's request handler; `violations` lists (path, token's last four) that arrived
+    while the store did not hold them. A token once found stays verified (later rotations replace it)."""
+
+    def __init__(self, sim: SimulatedUpstream, secrets_path: Path) -> None:
+        self.sim, self.secrets_path = sim, secrets_path
+        self.verified: set[str] = set()
+        self.checked = 0
+        self.violations: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._orig = sim._respond
+        sim._respond = self._respond  # type: ignore[method-assign]
+
+    def _stored_access_tokens(self) -> set[str]:
+        secrets = SecretsStore(self.secrets_path, create=False)
+        try:
+            return {c.access_token for c in secrets.all() if c.access_token}
+        finally:
+            secrets.close()
+
+    def _respond(self, req: Any) -> Any:
+        token = req.bearer
+        if req.path.startswith("/backend-api/") and token:
+            with self._lock:
+                if token not in self.verified:
+                    self.checked += 1
+                    if token in self._stored_access_tokens():
+                        self.verified.add(token)
+                    else:
+                        self.violations.append((req.path, token[-4:]))
+        return self._orig(req)
+
+    def close(self) -> None:
+        self.sim._respond = self._orig  # type: ignore[method-assign]
+
+
+def drop_root_file_override(args: list[str]) -> list[str]:
+    """Run `args` without root's power to ignore file modes (so chmod 0444 binds), when we are root."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return args
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise RuntimeError("running as root without setpriv: cannot make a read-only file bind")
+    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--", *args]
+
+
+def regular_mode_client(proxy: Mitmdump, *, proxy_url: str | None = None, **kw: Any) -> httpx.Client:
+    """An httpx client using `proxy` as a regular (forward) proxy, trusting its mitmproxy CA."""
+    import ssl
+
+    ca = ssl.create_default_context(cafile=str(proxy.confdir / "mitmproxy-ca-cert.pem"))
+    return httpx.Client(proxy=proxy_url or proxy.url, verify=ca, trust_env=False, timeout=30, **kw)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,9 +122,6 @@ def test_db_and_secrets_from_environment(tmp_path: Path) -> None:
     db = tmp_path / "env" / "pool.db"
     secrets_file = tmp_path / "elsewhere" / "my.secrets"
     env = {"ACCOUNTPOOL_DB": str(db), "ACCOUNTPOOL_SECRETS": str(secrets_file)}
-    import subprocess
-    import sys
-
     result = subprocess.run([sys.executable, "-m", "accountpool.cli", "init"], capture_output=True, text=True,
                             env={**os.environ, **env}, check=False, timeout=30)
     assert result.returncode == 0, result.stderr
@@ -332,6 +331,12 @@ def test_refresh_invalid_grant_blocks_and_a_later_success_clears(db: Path, tmp_p
     after = secrets_of(db)[acc_id]
     assert after.refresh_token == before.refresh_token and after.generation == before.generation  # not lost
     assert "auth_blocked" in run_cli(db, "list").stdout
+
+    # a transient failure afterwards keeps the block and its reason
+    sim.script("acct-refresh-bad", [{"kind": "refresh_error", "status": 500}])
+    assert_clean_error(run_cli(db, "refresh", acc_id, "--token-url", f"{sim.url}/oauth/token"), "500")
+    acc = by_label(db)["acct-refresh-bad@example.com"]
+    assert acc["auth_blocked"] is True and "invalid_grant" in acc["auth_error"]
 
     ok = run_cli(db, "refresh", acc_id, "--token-url", f"{sim.url}/oauth/token")
     assert ok.returncode == 0, ok.stderr

@@ -6,9 +6,8 @@ import asyncio
 import time
 
 import httpx
-from harness import Mitmdump, openai_client, sse_events
-
 from accountpool.secrets_store import SecretsStore
+from harness import Mitmdump, openai_client, sse_events
 
 
 def stored(pool_env, account_id: str):

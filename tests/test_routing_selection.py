@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import time
 
-from harness import Mitmdump, openai_client, seed_health
-from helpers_pool import run_cli
-
 from accountpool import store
 from accountpool.models import PoolSettings
+from harness import Mitmdump, openai_client, seed_health
+from helpers_pool import run_cli
 
 KEY_A = "sk-test-alpha-aaaaaaaaaaaaaaaaaaaa"
 KEY_B = "sk-test-bravo-bbbbbbbbbbbbbbbbbbbb"
@@ -124,3 +123,20 @@ def test_disabled_account_never_serves_and_cli_disable_applies_to_next_request(p
         result = run_cli(pool_env.db_path, "enable", "b")
         assert result.returncode == 0, result.stderr
         assert ask(client) == "b"
+
+
+def test_chatgpt_account_id_pins_a_pool_account(pool_env, sim):
+    for label in ("a", "b"):  # equal usage (as the simulator reports it): the label decides
+        account_id = pool_env.add_login(label, f"acct-{label}")
+        seed_health(pool_env, account_id, primary={"used_percent": 10.0}, secondary={"used_percent": 5.0})
+    with Mitmdump(pool_env) as proxy, proxy.client() as client:
+        assert ask(client, headers={"chatgpt-account-id": "acct-b"}) == "b"
+        # A client's own login id that names no pool account does not pin (Codex CLI sends its own).
+        assert ask(client, headers={"chatgpt-account-id": "someone-else"}) == "a"
+        assert [q["account_header"] for q in sim.requests()] == ["acct-b", "acct-a"]
+        # Pinned to an account that cannot serve now: no other account is used instead.
+        sim.script("acct-b", [{"kind": "rate_limit", "retry_after": 30}])
+        r = client.post("/v1/responses", json={"model": "gpt-5.5", "input": "hi"},
+                        headers={"chatgpt-account-id": "acct-b"})
+        assert r.status_code == 429
+        assert len(sim.requests()) == 3

@@ -98,3 +98,19 @@ def test_model_catalogs_carry_the_context_overrides(pool_env, sim):
         assert codex["gpt-5.5"]["context_window"] == 1_050_000
         assert codex["gpt-5.5"]["auto_compact_token_limit"] == 650_000
         assert codex["gpt-5.4-mini"]["context_window"] == 272_000
+
+
+def test_client_leaving_mid_stream_stops_the_upstream_read(pool_env, sim):
+    pool_env.add_key("a", KEY_A)
+    headers = {**SLOW, "x-sim-deltas": "50"}  # the upstream would need ≥ 5 s
+    with Mitmdump(pool_env) as proxy, proxy.client() as client:
+        body = {"model": "gpt-5.5", "input": "long", "stream": True}
+        started = time.monotonic()
+        with client.stream("POST", "/v1/responses", json=body, headers=headers) as r:
+            for chunk in r.iter_raw():
+                if b"output_text.delta" in chunk:
+                    break
+        # Closing the stream early drops the connection; the relay notices at its next write.
+        row = pool_env.wait_rows("select * from requests", 1)[0]
+        assert row["outcome"] == "stream_interrupted" and "client" in row["failure_brief"]
+        assert time.monotonic() - started < 4.0

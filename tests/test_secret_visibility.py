@@ -14,7 +14,6 @@ import time
 
 import httpx
 from harness import Mitmdump, find_secrets, free_port, openai_client
-
 from mitmproxy import io as mitm_io
 
 KEY_A = "sk-test-alpha-aaaaaaaaaaaaaaaaaaaa"

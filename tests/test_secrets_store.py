@@ -88,31 +88,25 @@ def test_save_rotation_is_atomic_and_bumps_generation(tmp_path: Path) -> None:
     store.close()
 
 
-def test_failed_rotation_leaves_the_old_set_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = SecretsStore(tmp_path / "pool.secrets")
+def test_failed_rotation_leaves_the_old_set_intact(tmp_path: Path) -> None:
+    path = tmp_path / "pool.secrets"
+    store = SecretsStore(path)
     store.put(Credentials("acc_1", access_token="at-old", refresh_token="rt-old", id_token="id-old"))
-
-    class Boom(Exception):
-        pass
-
-    real_time = __import__("time").time
-    calls = {"n": 0}
-
-    def exploding_time() -> float:  # fails inside the transaction, between SELECT and UPDATE
-        calls["n"] += 1
-        raise Boom
-
-    import accountpool.secrets_store as mod
-
-    monkeypatch.setattr(mod.time, "time", exploding_time)
-    with pytest.raises(Boom):
+    # make the UPDATE inside the rotation's transaction fail, after its SELECT succeeded
+    conn = sqlite3.connect(path)
+    conn.execute("create trigger no_update before update on secrets begin select raise(abort, 'disk trouble'); end")
+    conn.commit()
+    with pytest.raises(SecretsStoreError) as info:
         store.save_rotation("acc_1", access_token="at-new", refresh_token="rt-new", id_token="id-new")
-    monkeypatch.setattr(mod.time, "time", real_time)
-    assert calls["n"] == 1
+    assert str(path) in str(info.value) and "rt-new" not in str(info.value)
+    conn.execute("drop trigger no_update")
+    conn.commit()
+    conn.close()
     got = store.get("acc_1")
-    assert (got.access_token, got.refresh_token, got.generation) == ("at-old", "rt-old", 1)
+    assert (got.access_token, got.refresh_token, got.id_token, got.generation) == ("at-old", "rt-old", "id-old", 1)
     # and the store is still usable (the transaction was rolled back, not left open)
     assert store.save_rotation("acc_1", access_token="at-2", refresh_token="rt-2", id_token=None).generation == 2
+    assert SecretsStore(path).get("acc_1").refresh_token == "rt-2"
     store.close()
 
 

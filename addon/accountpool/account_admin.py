@@ -227,7 +227,7 @@ def refresh_now(db: sqlite_utils.Database, secrets: SecretsStore, account_id: st
     except RefreshError as exc:
         if exc.permanent:
             store.set_auth_blocked(db, account.id, str(exc), actor=actor)
-        else:
+        elif not account.auth_blocked:  # a transient failure must not replace why it is blocked
             store.update_account(db, account.id, auth_error=str(exc))
         raise
     changes: dict[str, Any] = {"access_expires_at": _expiry_or_none(saved.access_token),

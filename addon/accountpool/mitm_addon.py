@@ -43,6 +43,8 @@ CLIENT_KEY_HEADERS = ("authorization", "x-api-key", "api-key")
 SESSION_HEADERS = ("session_id", "x-session-id", "conversation-id", "conversation_id")
 FAILED_AUTH_WINDOW_S = 60.0
 FAILED_AUTH_LIMIT = 10
+ROUTER_OPTIONS = ("pool_chatgpt_base_url", "pool_oauth_token_url", "pool_max_attempts", "pool_refresh_margin",
+                  "pool_hold_metadata_events", "pool_connect_timeout", "pool_header_timeout")
 
 
 def bearer_value(value: str) -> str:
@@ -52,7 +54,7 @@ def bearer_value(value: str) -> str:
 
 def proxy_auth_key(value: str | None) -> str | None:
     """The client key from `Proxy-Authorization: Basic base64(user:KEY)` (regular mode, e.g. Codex)."""
-    if not value or not value[:6].lower() == "basic ":
+    if not value or value[:6].lower() != "basic ":
         return None
     try:
         decoded = base64.b64decode(value[6:].strip()).decode()
@@ -112,7 +114,7 @@ def parse_body(method: str, content: bytes, content_type: str) -> dict[str, Any]
         return None
     import json
 
-    if "json" not in content_type and not content.lstrip()[:1] == b"{":
+    if "json" not in content_type and content.lstrip()[:1] != b"{":
         return None
     try:
         doc = json.loads(content)
@@ -140,8 +142,10 @@ class AccountPool:
     # ------------------------------------------------------------ options
 
     def load(self, loader: Any) -> None:
-        # httpx logs every upstream request at INFO; mitmproxy's own flow log already shows them.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+        # httpx logs every upstream request at INFO and httpcore traces at DEBUG (mitmproxy sets the
+        # root logger to DEBUG): each record becomes an `add_log` hook call on the event loop.
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         loader.add_option("pool_db", str, str(default_db_path()),
                           "accountpool: pool database (default data/pool.db or $ACCOUNTPOOL_DB)")
         loader.add_option("pool_secrets", str, "", "accountpool: secrets store (default: beside pool_db)")
@@ -193,7 +197,13 @@ class AccountPool:
                 log.warning("accountpool: CLIENT KEYS ARE OFF and the proxy listens on %s: anyone who can "
                             "reach it can use your accounts", host)
         if "pool_db" in updated or "pool_secrets" in updated or self.view is None:
+            if self.relay is not None and self.view is not None:
+                # The relay, the router and the metrics writer are bound to the pool they started with.
+                raise exceptions.OptionsError("pool_db and pool_secrets cannot change while the proxy runs; "
+                                              "restart mitmproxy to switch pools")
             self._open_pool()
+        if self.relay is not None and updated & set(ROUTER_OPTIONS):
+            self.relay.router.config = self._router_config()
 
     def _open_pool(self) -> None:
         opts = ctx.options
@@ -216,15 +226,28 @@ class AccountPool:
         self.writer.start()
         self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
                                         http2=False, trust_env=False, follow_redirects=False)
-        config = RouterConfig(chatgpt_base=opts.pool_chatgpt_base_url, token_url=opts.pool_oauth_token_url,
-                              max_attempts=opts.pool_max_attempts, refresh_margin_s=opts.pool_refresh_margin,
-                              hold_metadata_events=opts.pool_hold_metadata_events,
-                              connect_timeout_s=opts.pool_connect_timeout, header_timeout_s=opts.pool_header_timeout)
-        self.relay = Relay(Router(self.view, self.writer, config, self.client), max_body=opts.pool_max_body)
-        create_task(self.relay.start(), name="accountpool-relay", keep_ref=True) if _KEEP_REF else \
-            create_task(self.relay.start(), name="accountpool-relay")
+        self.relay = Relay(Router(self.view, self.writer, self._router_config(), self.client),
+                           max_body=opts.pool_max_body)
+        _spawn(self.relay.start(), "accountpool-relay")
+
+    @staticmethod
+    def _router_config() -> RouterConfig:
+        opts = ctx.options
+        return RouterConfig(chatgpt_base=opts.pool_chatgpt_base_url, token_url=opts.pool_oauth_token_url,
+                            max_attempts=opts.pool_max_attempts, refresh_margin_s=opts.pool_refresh_margin,
+                            hold_metadata_events=opts.pool_hold_metadata_events,
+                            connect_timeout_s=opts.pool_connect_timeout, header_timeout_s=opts.pool_header_timeout)
 
     def done(self) -> None:
+        if self.relay is not None:
+            # A script reload builds a new addon with its own relay: free the old port and sockets.
+            relay, client, self.relay, self.client = self.relay, self.client, None, None
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                _spawn(_close(relay, client), "accountpool-relay-stop")
         if self.writer is not None:
             self.writer.stop()
         if self.view is not None:
@@ -380,4 +403,17 @@ class AccountPool:
 
 
 _KEEP_REF = "keep_ref" in create_task.__code__.co_varnames
+
+
+def _spawn(coro: Any, name: str) -> None:
+    if _KEEP_REF:
+        create_task(coro, name=name, keep_ref=True)
+    else:
+        create_task(coro, name=name)
+
+
+async def _close(relay: Relay, client: httpx.AsyncClient | None) -> None:
+    await relay.stop()
+    if client is not None:
+        await client.aclose()
 os.environ.setdefault("ACCOUNTPOOL_ADDON", "1")

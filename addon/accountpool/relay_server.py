@@ -70,6 +70,10 @@ class Responder:
     async def _write(self, data: bytes | None) -> None:
         if not data or self.client_gone:
             return
+        if self._writer.transport.is_closing():
+            # mitmproxy closed its side (its client went away): asyncio would swallow the writes.
+            self.client_gone = True
+            return
         try:
             self._writer.write(data)
             if self._writer.transport.get_write_buffer_size() > 256 * 1024:
@@ -88,7 +92,9 @@ class RelayServer:
         self._server: asyncio.Server | None = None
         self.ready = asyncio.Event()
         # Bound synchronously so the port is known before the first request arrives.
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose `proto` says TCP,
+        # and without it a response written as headers then body waits ~40 ms for a delayed ACK.
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(1024)
         self.port: int = self._sock.getsockname()[1]
@@ -105,6 +111,10 @@ class RelayServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_INCOMPLETE_EVENT)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             while True:
                 request = await self._read_request(conn, reader)

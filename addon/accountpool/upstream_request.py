@@ -49,7 +49,8 @@ def upstream_url(account: Account, path: str, *, chatgpt_base: str) -> str:
     return join_base(account.base_url or DEFAULT_API_BASE, path)
 
 
-def upstream_headers(account: Account, client_headers: Iterable[tuple[str, str]], *, token: str) -> list[tuple[str, str]]:
+def upstream_headers(account: Account, client_headers: Iterable[tuple[str, str]], *,
+                     token: str) -> list[tuple[str, str]]:
     headers = [(k, v) for k, v in client_headers if k.lower() not in DROPPED_REQUEST_HEADERS]
     headers.append(("authorization", f"Bearer {token}"))
     headers.append(("accept-encoding", "identity"))
