@@ -7,13 +7,13 @@ import json
 
 import pytest
 from accountpool import schema
+from accountpool.addon_options import is_loopback
 from accountpool.mitm_addon import (
     POOLED,
     AccountPool,
     BadRequest,
     FailedAuthThrottle,
     bearer_value,
-    is_loopback,
     parse_body,
     proxy_auth_key,
     session_key,

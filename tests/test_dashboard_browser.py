@@ -9,6 +9,7 @@ picks up each change on its next request. Screenshots go to `test-artifacts/`.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -115,7 +116,7 @@ def test_overview_and_disabling_an_account_in_the_browser(pool_env: Pool, sim: A
         card.get_by_role("button", name="Disable").click()
         page.wait_for_url(ds.url + PAGES["accounts"])
         sync_api.expect(page.locator(".message-info")).to_contain_text("a-first: disabled.")
-        sync_api.expect(page.locator(f"#account-{first}")).to_have_class("ap-account ap-disabled")
+        sync_api.expect(page.locator(f"#account-{first}")).to_have_class(re.compile(r"\bap-disabled\b"))
         sync_api.expect(page.locator(f"#account-{first}").get_by_role("button", name="Enable")).to_be_visible()
         assert pool_env.query("select enabled from accounts where id = ?", [first])[0]["enabled"] == 0
         shot(page, "accounts-laptop")

@@ -1,7 +1,6 @@
 """The background usage probe: real simulator, real pool files, no mitmdump needed."""
 
 import httpx
-
 from accountpool import store
 from accountpool.metrics_writer import MetricsWriter
 from accountpool.pool_view import PoolView

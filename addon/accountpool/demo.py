@@ -135,6 +135,7 @@ def run_demo(*, db_path: Path, seconds: float, datasette_port: int, proxy_port: 
                                                                counts), daemon=True) for _ in range(3)]
         for w in workers:
             w.start()
+        until = f"stopping after {seconds:.0f} s" if seconds else "Ctrl-C stops everything"
         print(f"""
 accountpool demo is running (everything on 127.0.0.1):
   simulated upstream : {sim.url}
@@ -145,7 +146,7 @@ accountpool demo is running (everything on 127.0.0.1):
 
 Try:  curl http://127.0.0.1:{proxy_port}/v1/responses -H 'Authorization: Bearer {client_key}' \\
         -H 'content-type: application/json' -d '{{"model":"gpt-5.5","input":"hi"}}'
-Demo traffic is flowing; {'stopping after %.0f s' % seconds if seconds else 'Ctrl-C stops everything'}.
+Demo traffic is flowing; {until}.
 """, flush=True)
         deadline = time.monotonic() + seconds if seconds else None
         with contextlib.suppress(KeyboardInterrupt):

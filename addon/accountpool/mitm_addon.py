@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import ipaddress
 import logging
 import os
 import secrets
@@ -25,16 +24,15 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 from mitmproxy.utils.asyncio_utils import create_task
 
-from . import errors
+from . import addon_options, errors
 from .errors import ErrorAnswer
 from .metrics_writer import ClientKeyUse, MetricsWriter, RequestRecord
-from .oauth import DEFAULT_TOKEN_URL
-from .paths import default_db_path, secrets_path_for
+from .paths import secrets_path_for
 from .pool_view import PoolView
 from .relay import Relay
 from .router import Admitted, Router, RouterConfig
 from .store import match_client_key
-from .upstream_request import DEFAULT_CHATGPT_BASE
+from .usage_sweep import UsageSweeper
 
 log = logging.getLogger("accountpool")
 
@@ -43,8 +41,6 @@ CLIENT_KEY_HEADERS = ("authorization", "x-api-key", "api-key")
 SESSION_HEADERS = ("session_id", "x-session-id", "conversation-id", "conversation_id")
 FAILED_AUTH_WINDOW_S = 60.0
 FAILED_AUTH_LIMIT = 10
-ROUTER_OPTIONS = ("pool_chatgpt_base_url", "pool_oauth_token_url", "pool_max_attempts", "pool_refresh_margin",
-                  "pool_hold_metadata_events", "pool_connect_timeout", "pool_header_timeout")
 
 
 def bearer_value(value: str) -> str:
@@ -74,13 +70,6 @@ def session_key(headers: http.Headers, body: dict[str, Any] | None) -> str | Non
     return hashlib.sha256(raw.encode()).hexdigest()[:24] if raw else None
 
 
-def is_loopback(host: str) -> bool:
-    if host in ("localhost",):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class FailedAuthThrottle:
@@ -134,6 +123,7 @@ class AccountPool:
         self.view: PoolView | None = None
         self.writer: MetricsWriter | None = None
         self.relay: Relay | None = None
+        self.sweeper: UsageSweeper | None = None
         self.client: httpx.AsyncClient | None = None
         self.throttle = FailedAuthThrottle()
         self._client_keys: dict[str, str | None] = {}
@@ -146,70 +136,29 @@ class AccountPool:
         # root logger to DEBUG): each record becomes an `add_log` hook call on the event loop.
         for name in ("httpx", "httpcore"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        loader.add_option("pool_db", str, str(default_db_path()),
-                          "accountpool: pool database (default data/pool.db or $ACCOUNTPOOL_DB)")
-        loader.add_option("pool_secrets", str, "", "accountpool: secrets store (default: beside pool_db)")
-        loader.add_option("pool_oauth_token_url", str, DEFAULT_TOKEN_URL, "accountpool: OAuth token endpoint")
-        loader.add_option("pool_chatgpt_base_url", str, DEFAULT_CHATGPT_BASE,
-                          "accountpool: ChatGPT/Codex backend base URL")
-        loader.add_option("pool_upstream_hosts", str, "api.openai.com,chatgpt.com",
-                          "accountpool: hosts whose /v1/ and /backend-api/codex/ traffic is pooled in "
-                          "regular and local modes (comma-separated)")
-        loader.add_option("pool_require_client_keys", bool, True,
-                          "accountpool: require a client key (turn off only for a loopback-only setup)")
-        loader.add_option("pool_allow_open_listen", bool, False,
-                          "accountpool: allow running without client keys on a non-loopback listen address")
-        loader.add_option("pool_max_attempts", int, 5, "accountpool: upstream attempts per client request")
-        loader.add_option("pool_max_body", int, 32 * 1024 * 1024, "accountpool: largest request body (bytes)")
-        loader.add_option("pool_hold_metadata_events", bool, True,
-                          "accountpool: hold back response.created/in_progress until content, so an in-band "
-                          "error before content can still fail over")
-        loader.add_option("pool_header_timeout", int, 300,
-                          "accountpool: seconds to wait for upstream response headers")
-        loader.add_option("pool_connect_timeout", int, 10, "accountpool: upstream connect timeout (s)")
-        loader.add_option("pool_refresh_margin", int, 300,
-                          "accountpool: refresh a login this many seconds before its access token expires")
-        loader.add_option("pool_metrics_flush_ms", int, 250, "accountpool: metrics flush interval (ms)")
-        loader.add_option("pool_fault_inject", str, "",
-                          "accountpool: testing only: 'request_hook' makes the request hook raise")
+        addon_options.declare(loader)
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
-        if "pool_max_attempts" in updated and not 1 <= opts.pool_max_attempts <= 20:
-            raise exceptions.OptionsError("pool_max_attempts must be between 1 and 20")
-        if "pool_max_body" in updated and opts.pool_max_body < 1024:
-            raise exceptions.OptionsError("pool_max_body must be at least 1024 bytes")
-        for name in ("pool_oauth_token_url", "pool_chatgpt_base_url"):
-            if name in updated and not getattr(opts, name).startswith(("http://", "https://")):
-                raise exceptions.OptionsError(f"{name} must be an http:// or https:// URL")
-        for name in ("pool_header_timeout", "pool_connect_timeout", "pool_metrics_flush_ms"):
-            if name in updated and getattr(opts, name) <= 0:
-                raise exceptions.OptionsError(f"{name} must be positive")
-        if {"pool_require_client_keys", "pool_allow_open_listen", "listen_host"} & updated \
-                and not opts.pool_require_client_keys:
-            host = opts.listen_host or "0.0.0.0"
-            if not is_loopback(host):
-                if not opts.pool_allow_open_listen:
-                    raise exceptions.OptionsError(
-                        f"refusing to run without client keys while listening on {host!r}: anyone who can "
-                        "reach it could spend your accounts. Use --set listen_host=127.0.0.1, or keep "
-                        "pool_require_client_keys=true, or force it with pool_allow_open_listen=true.")
-                log.warning("accountpool: CLIENT KEYS ARE OFF and the proxy listens on %s: anyone who can "
-                            "reach it can use your accounts", host)
+        addon_options.validate(opts, updated)
         if "pool_db" in updated or "pool_secrets" in updated or self.view is None:
             if self.relay is not None and self.view is not None:
                 # The relay, the router and the metrics writer are bound to the pool they started with.
                 raise exceptions.OptionsError("pool_db and pool_secrets cannot change while the proxy runs; "
                                               "restart mitmproxy to switch pools")
             self._open_pool()
-        if self.relay is not None and updated & set(ROUTER_OPTIONS):
+        if self.relay is not None and updated & addon_options.ROUTER_OPTIONS:
             self.relay.router.config = self._router_config()
+        if self.view is not None and updated & set(addon_options.COOLDOWN_OPTIONS):
+            self.view.setting_defaults = addon_options.setting_defaults(opts)
+            self.view.refresh(force=True)
 
     def _open_pool(self) -> None:
         opts = ctx.options
         secrets_path = secrets_path_for(opts.pool_db, opts.pool_secrets or None)
         try:
-            view = PoolView(opts.pool_db, secrets_path)
+            view = PoolView(opts.pool_db, secrets_path,
+                            setting_defaults=addon_options.setting_defaults(opts))
         except Exception as exc:
             raise exceptions.OptionsError(f"accountpool: cannot open the pool: {exc}") from None
         if self.view is not None:
@@ -229,6 +178,10 @@ class AccountPool:
         self.relay = Relay(Router(self.view, self.writer, self._router_config(), self.client),
                            max_body=opts.pool_max_body)
         _spawn(self.relay.start(), "accountpool-relay")
+        if opts.pool_usage_sweep > 0:
+            self.sweeper = UsageSweeper(self.view, self.writer, self.client, url=opts.pool_usage_url,
+                                        interval_s=opts.pool_usage_sweep)
+            _spawn(self.sweeper.run(), "accountpool-usage-sweep")
 
     @staticmethod
     def _router_config() -> RouterConfig:
@@ -337,14 +290,17 @@ class AccountPool:
         self.view.refresh()
         key_id, label = self._authenticate(flow, now)
         req = flow.request
-        content = req.raw_content or b""
+        try:
+            # Decoded (gzip, deflate, br, zstd: Codex may compress): the relay sends the plain body upstream.
+            content = req.get_content(strict=True) or b""
+        except ValueError:
+            raise BadRequest(errors.bad_request("the request body's content-encoding could not be decoded",
+                                                status=415)) from None
         if len(content) > ctx.options.pool_max_body:
             raise BadRequest(errors.bad_request(
                 f"request body of {len(content)} bytes exceeds the limit of {ctx.options.pool_max_body}",
                 status=413, code="request_too_large"))
         body = parse_body(req.method, content, req.headers.get("content-type", ""))
-        if req.headers.get("content-encoding"):
-            raise BadRequest(errors.bad_request("compressed request bodies are not supported", status=415))
         pinned = req.headers.get("chatgpt-account-id")
         if pinned and not any(pinned in (a.id, a.upstream_account_id) for a in self.view.accounts):
             pinned = None  # a client's own login id that names no pool account does not pin (README)

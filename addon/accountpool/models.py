@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+
 class AccountKind(StrEnum):
     API_KEY = "api_key"
     CHATGPT = "chatgpt"

@@ -51,7 +51,9 @@ def merge_health(mine: AccountHealth | None, theirs: AccountHealth) -> AccountHe
 class PoolView:
     """Accounts, health, settings and client keys as of the last change, plus session affinity."""
 
-    def __init__(self, db_path: str | Path, secrets_path: str | Path) -> None:
+    def __init__(self, db_path: str | Path, secrets_path: str | Path, *,
+                 setting_defaults: dict[str, float] | None = None) -> None:
+        self.setting_defaults = setting_defaults or {}
         self.db_path = Path(db_path)
         self.db = schema.open_existing(db_path, check_same_thread=False)
         self.secrets = SecretsStore(secrets_path, create=False)
@@ -82,7 +84,7 @@ class PoolView:
             self.health = {aid: merge_health(self.health.get(aid), h) for aid, h in fresh.items()} | {
                 aid: h for aid, h in self.health.items() if aid not in fresh}
             try:
-                self.settings = store.load_settings(self.db)
+                self.settings = store.load_settings(self.db, self.setting_defaults)
             except ValueError as exc:
                 log.error("settings in the database are invalid, keeping the previous ones: %s", exc)
             self.client_keys = store.active_client_key_hashes(self.db)

@@ -226,10 +226,11 @@ def match_client_key(presented: str, active: list[tuple[str, str, str]]) -> tupl
 # ---------------------------------------------------------------- settings, state, audit
 
 
-def load_settings(db: sqlite_utils.Database) -> PoolSettings:
+def load_settings(db: sqlite_utils.Database, defaults: dict[str, Any] | None = None) -> PoolSettings:
+    """Stored settings over `defaults` (the proxy's options) over the built-in defaults."""
     stored = {r["key"]: json.loads(r["value"]) for r in db.query("select key, value from settings")}
     known = {k: v for k, v in stored.items() if k in PoolSettings.model_fields}
-    return PoolSettings.model_validate(known)
+    return PoolSettings.model_validate({**(defaults or {}), **known})
 
 
 def save_settings(db: sqlite_utils.Database, new: PoolSettings, *, actor: str) -> PoolSettings:
