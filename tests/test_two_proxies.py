@@ -103,6 +103,7 @@ def test_usage_seen_by_one_reorders_the_other(pool_env, sim, pair):
 
 def test_an_expired_login_hit_through_both_is_refreshed_once(pool_env, sim, pair):
     login = pool_env.add_login("login", "acct-shared")
+    old_access = sim.current_tokens("acct-shared")["access_token"]
     p = pair()
     # Widen the race: the token endpoint takes 0.5 s to answer, so both processes are waiting on it at once.
     real_oauth = sim._oauth
@@ -119,7 +120,8 @@ def test_an_expired_login_hit_through_both_is_refreshed_once(pool_env, sim, pair
 
     def send(name: str, client, n: int) -> None:
         go.wait(5)
-        r = client.post("/v1/responses", json={**BODY, "input": f"{name} {n}", "stream": True})
+        r = client.post("/v1/responses", json={**BODY, "input": f"{name} {n}", "stream": True},
+                        headers={"x-test-via": name})
         results.append((name, r.status_code, sse_events(r.text)[-1][0] if r.status_code == 200 else r.text))
 
     threads = [threading.Thread(target=send, args=(name, client, n))
@@ -131,6 +133,10 @@ def test_an_expired_login_hit_through_both_is_refreshed_once(pool_env, sim, pair
         t.join(60)
     assert sorted(results) == sorted((name, 200, "response.completed") for name in ("reverse", "regular")
                                      for _ in range(4)), results
+    # Both processes met the expired token (so both needed a refresh) …
+    expired_via = {q["headers"].get("x-test-via") for q in sim.requests() if q["auth"] == f"Bearer {old_access}"}
+    assert expired_via == {"reverse", "regular"}
+    # … and exactly one refresh happened.
     assert sim.refresh_count("acct-shared") == 1
     oauth = [q for q in sim.requests() if q["path"] == "/oauth/token"]
     assert len(oauth) == 1  # the rotating refresh token was spent once, by one of the two processes

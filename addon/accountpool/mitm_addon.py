@@ -43,6 +43,21 @@ FAILED_AUTH_WINDOW_S = 60.0
 FAILED_AUTH_LIMIT = 10
 
 
+MAX_REQUEST_HEADERS = 64
+MAX_REQUEST_HEADER_BYTES = 32 * 1024
+
+
+def header_flood(headers: http.Headers) -> str | None:
+    """Why the request's headers are too many or too big to forward, or None."""
+    fields = headers.fields
+    if len(fields) > MAX_REQUEST_HEADERS:
+        return f"{len(fields)} request headers exceed the limit of {MAX_REQUEST_HEADERS}"
+    size = sum(len(k) + len(v) + 4 for k, v in fields)
+    if size > MAX_REQUEST_HEADER_BYTES:
+        return f"request headers of {size} bytes exceed the limit of {MAX_REQUEST_HEADER_BYTES}"
+    return None
+
+
 def bearer_value(value: str) -> str:
     value = value.strip()
     return value[7:].strip() if value[:7].lower() == "bearer " else value
@@ -70,6 +85,23 @@ def session_key(headers: http.Headers, body: dict[str, Any] | None) -> str | Non
     return hashlib.sha256(raw.encode()).hexdigest()[:24] if raw else None
 
 
+
+
+def write_probe(conn: Any) -> str | None:
+    """Why the proxy cannot write `pool.db` (read-only file or directory), or None. Writes nothing: the probe
+    row is rolled back. A database locked by another writer is not a refusal (rows wait, see README)."""
+    import sqlite3
+
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("INSERT OR REPLACE INTO pool_state (key, value, updated_at) VALUES ('write_probe', '', 0)")
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        return None if "locked" in str(exc) or "busy" in str(exc) else str(exc)
+    return None
 
 
 class FailedAuthThrottle:
@@ -161,6 +193,11 @@ class AccountPool:
                             setting_defaults=addon_options.setting_defaults(opts))
         except Exception as exc:
             raise exceptions.OptionsError(f"accountpool: cannot open the pool: {exc}") from None
+        if problem := write_probe(view.db.conn):
+            view.close()
+            raise exceptions.OptionsError(f"accountpool: the pool database {opts.pool_db} is not writable "
+                                          f"({problem}): metrics and shared cooldowns would be lost; fix its "
+                                          "permissions (and its directory's, for the -wal/-shm files)")
         if self.view is not None:
             self.view.close()
         self.view = view
@@ -238,6 +275,10 @@ class AccountPool:
                 self._answer(flow, errors.bad_request(
                     f"request body of {length} bytes exceeds the limit of {ctx.options.pool_max_body}",
                     status=413, code="request_too_large"))
+            elif flood := header_flood(flow.request.headers):
+                # Refused here: forwarded, a flood makes upstreams drop the connection, which would cool
+                # down every account in turn (one bad client request taking the whole pool out).
+                self._answer(flow, errors.bad_request(flood, status=431, code="request_headers_too_large"))
         except Exception as exc:
             log.exception("accountpool: requestheaders failed")
             self._answer(flow, errors.internal_error(type(exc).__name__))
