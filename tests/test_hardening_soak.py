@@ -18,6 +18,7 @@ from collections import Counter
 
 import httpx
 import pytest
+from accountpool.simulator import _Fault
 from harness import (
     Mitmdump,
     TokenUseAudit,
@@ -38,7 +39,7 @@ STREAM_MODEL, PLAIN_MODEL = "gpt-5.5", "gpt-5.4-mini"  # lets a fault target str
 
 
 def phases() -> list[dict[str, list[dict]]]:
-    """Scripted faults per credential; the driver applies one phase every ~0.6 s, cycling."""
+    """Scripted faults per credential; the driver queues them one phase after the other, cycling."""
     late_cut = {"kind": "cut", "after_events": 7, "model": STREAM_MODEL}  # after the first text deltas
     early_cut = {"kind": "cut", "after_events": 2, "model": STREAM_MODEL}  # before any content: fails over
     return [
@@ -58,20 +59,30 @@ def phases() -> list[dict[str, list[dict]]]:
 
 
 class FaultDriver(threading.Thread):
-    def __init__(self, sim, period_s: float = 0.6) -> None:
+    """Applies the next phase once ≥ `every` more requests finished and ≥ `min_s` passed, so every phase runs
+    at least twice over 2 000 requests however fast or slow the machine is (and cooldowns have time to end)."""
+
+    def __init__(self, sim, progress, every: int = 90, min_s: float = 0.4) -> None:
         super().__init__(daemon=True)
-        self.sim, self.period_s = sim, period_s
+        self.sim, self.progress, self.every, self.min_s = sim, progress, every, min_s
         self.stop_event = threading.Event()
         self.applied: Counter[str] = Counter()
+        self.phases_run = 0
 
     def run(self) -> None:
         plan = phases()
-        i = 0
-        while not self.stop_event.wait(self.period_s) and i < 500:  # bounded even if the clients hang
-            for credential, faults in plan[i % len(plan)].items():
-                self.sim.script(credential, faults)
+        mark = -self.every
+        while not self.stop_event.wait(self.min_s) and self.phases_run < 500:  # bounded even if clients hang
+            if self.progress() - mark < self.every:
+                continue
+            mark = self.progress()
+            for credential, faults in plan[self.phases_run % len(plan)].items():
+                # Appended, not replacing: a fault whose account was cooling down still fires later.
+                with self.sim._lock:
+                    self.sim._faults.setdefault(credential, []).extend(
+                        _Fault(dict(f), f.get("count", 1)) for f in faults)
                 self.applied.update(f["kind"] for f in faults)
-            i += 1
+            self.phases_run += 1
 
 
 def client_worker(proxy: Mitmdump, n: int, offset: int, results: list[dict]) -> None:
@@ -110,7 +121,7 @@ def test_fault_mix_soak(pool_env, sim, capsys):
     proxy = Mitmdump(pool_env, options={"pool_metrics_flush_ms": 250})
     results: list[dict] = []
     with proxy:
-        driver = FaultDriver(sim)
+        driver = FaultDriver(sim, lambda: len(results))
         driver.start()
         started = time.monotonic()
         threads = [threading.Thread(target=client_worker, args=(proxy, PER_THREAD, t * PER_THREAD, results))
@@ -135,7 +146,8 @@ def test_fault_mix_soak(pool_env, sim, capsys):
     with capsys.disabled():
         print(f"\nsoak: {sent} requests ({sum(r['stream'] for r in results)} streamed) in {elapsed:.1f}s; "
               f"failed {len(failed)} ({len(interrupted)} stream cut after commit, explicit error event); "
-              f"faults scripted {dict(driver.applied)}; request outcomes {dict(outcomes)}; "
+              f"{driver.phases_run} fault phases, faults scripted {dict(driver.applied)}; "
+              f"request outcomes {dict(outcomes)}; "
               f"attempt classes {by_class}; refreshes {sim.refresh_count('acct-soak-1')}+"
               f"{sim.refresh_count('acct-soak-2')}; token uses audited {audit.checked}")
 
@@ -144,6 +156,7 @@ def test_fault_mix_soak(pool_env, sim, capsys):
     for r in interrupted:
         assert r["status"] == 200 and r["last_event"] == "error", r["text"][-500:]
     assert failed == interrupted, [(r["status"], r["error"], r["text"][-300:]) for r in failed if r not in interrupted]
+    assert driver.phases_run >= 2 * len(phases())
     # The faults really happened and were survived by failover.
     for cls in ("rate_limited", "quota_exceeded", "auth_expired", "auth_failed", "upstream_error"):
         assert by_class.get(cls, 0) > 0, (cls, by_class)
@@ -172,3 +185,42 @@ def test_fault_mix_soak(pool_env, sim, capsys):
     assert find_secrets(raw, secrets) == [] and find_secrets(rendered, secrets) == []
     assert find_secrets(proxy.log_text(), secrets) == []
     assert wait_until(lambda: proxy.log.exists())
+
+
+def test_a_retried_attempt_still_streams_chunk_by_chunk(pool_env, sim):
+    """The relay owns the attempts, so the answer of a second attempt streams like a first one (DESIGN.md)."""
+    from harness import timed_sse
+
+    pool_env.add_key("a", KEY_FAULTY)
+    pool_env.add_key("b", KEY_HEALTHY)
+    sim.script(KEY_FAULTY, [{"kind": "server_error", "status": 503}])
+    slow = {"x-sim-deltas": "10", "x-sim-delta-delay-ms": "100"}  # the upstream needs ≥ 1 s
+    with Mitmdump(pool_env) as proxy, proxy.client() as client:
+        body = {"model": STREAM_MODEL, "input": "a story", "stream": True}
+        with client.stream("POST", "/v1/responses", json=body, headers=slow) as r:
+            assert r.status_code == 200 and r.headers["x-accountpool-attempts"] == "2"
+            events = timed_sse(r)
+    deltas = [t for t, name, _ in events if name == "response.output_text.delta"]
+    assert len(deltas) == 10 and events[-1][1] == "response.completed"
+    assert events[-1][0] - deltas[0] >= 0.7, "the retried answer arrived whole, not streamed"
+
+
+def test_a_cut_assembled_answer_fails_visibly_not_silently(pool_env, sim):
+    """Known limit: a `stream: false` request served by a login is assembled from the Codex stream, and the relay
+    commits when content starts; a cut after that cannot fail over. It must fail visibly (never a clean 200 with
+    a truncated or made-up body) and is recorded as `stream_interrupted`."""
+    pool_env.add_login("a-login", "acct-cut")
+    pool_env.add_key("z-key", KEY_HEALTHY)
+    sim.script("acct-cut", [{"kind": "cut", "after_events": 7}])
+    with Mitmdump(pool_env) as proxy, proxy.client() as client:
+        try:
+            r = client.post("/v1/responses", json={"model": PLAIN_MODEL, "input": "hi"})
+        except httpx.HTTPError:
+            pass  # the connection was cut: visible to the client
+        else:
+            assert r.status_code != 200 or "error" in r.json(), r.text[:300]
+        row = pool_env.wait_rows("select * from requests", 1)[0]
+        assert row["outcome"] == "stream_interrupted"
+        # The proxy keeps serving, from the same login.
+        r = client.post("/v1/responses", json={"model": PLAIN_MODEL, "input": "again"})
+        assert r.status_code == 200 and r.headers["x-accountpool-account"].startswith("a-login")

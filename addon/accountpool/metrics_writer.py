@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +83,9 @@ class MetricsWriter:
         self.retention_s = retention_s
         """Read before every prune, so a changed retention setting applies without a restart."""
         self.prune_every_s = prune_every_s
-        self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
+        # A deque, not a queue.Queue: `append` is atomic and wakes nobody, so `submit` costs the event
+        # loop one append; the thread wakes once per flush interval and takes what is there.
+        self._ops: deque[Op] = deque()
         self._thread = threading.Thread(target=self._run, name="accountpool-metrics", daemon=True)
         self._stopping = threading.Event()
         self._flushed = threading.Condition()
@@ -102,7 +104,7 @@ class MetricsWriter:
     def submit(self, op: Op) -> None:
         """Non-blocking: safe to call from the event loop."""
         self._submitted += 1
-        self._queue.put(op)
+        self._ops.append(op)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted so far is written (tests, shutdown)."""
@@ -118,7 +120,6 @@ class MetricsWriter:
 
     def stop(self, timeout: float = 15.0) -> None:
         self._stopping.set()
-        self._queue.put(None)
         self._thread.join(timeout)
 
     # ------------------------------------------------------------ thread side
@@ -157,31 +158,11 @@ class MetricsWriter:
             self._flushed.notify_all()
 
     def _collect(self, pending: list[Op]) -> bool:
-        """Gather ops for up to one flush interval; True once stop was requested (the queue is then drained)."""
-        deadline = time.monotonic() + self.flush_interval
-        stop = False
-        while len(pending) < MAX_BATCH:
-            timeout = deadline - time.monotonic()
-            if timeout <= 0:
-                break
-            try:
-                op = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                break
-            if op is None:
-                stop = True
-                break
-            pending.append(op)
-        if stop or self._stopping.is_set():
-            # Whatever was submitted before stop() is in the queue by now: take all of it.
-            stop = True
-            while True:
-                try:
-                    rest = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if rest is not None:
-                    pending.append(rest)
+        """Gather ops for one flush interval; True once stop was requested (everything is then taken)."""
+        stop = self._stopping.wait(self.flush_interval)
+        ops = self._ops
+        while ops and (stop or len(pending) < MAX_BATCH):
+            pending.append(ops.popleft())
         return stop
 
     def _write(self, db: Any, ops: list[Op]) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from .secrets_store import Credentials, SecretsStore
 log = logging.getLogger("accountpool.pool")
 
 SEQUENTIAL_KEY = "sequential_current_account"
+SECRETS_CHECK_S = 0.25
+"""A token rotated by another process is picked up within this; a 401 meanwhile re-reads at once."""
 AFFINITY_MAX = 50_000
 
 
@@ -60,6 +63,7 @@ class PoolView:
         self._lock = threading.Lock()
         self._version = -1
         self._secrets_version = -1
+        self._secrets_checked_at = 0.0
         self.accounts: list[Account] = []
         self.health: dict[str, AccountHealth] = {}
         self.settings = PoolSettings()
@@ -94,6 +98,10 @@ class PoolView:
 
     def credentials(self, account_id: str) -> Credentials | None:
         """Cached credentials, re-read only when the secrets store changed (e.g. a refresh elsewhere)."""
+        now = time.monotonic()
+        if now - self._secrets_checked_at < SECRETS_CHECK_S and account_id in self._credentials:
+            return self._credentials[account_id]
+        self._secrets_checked_at = now
         version = self.secrets.data_version()
         if version != self._secrets_version:
             self._secrets_version = version

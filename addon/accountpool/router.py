@@ -37,6 +37,7 @@ log = logging.getLogger("accountpool.router")
 
 ERROR_BODY_LIMIT = 1024 * 1024
 HOLD_LIMIT = 256 * 1024
+USAGE_REFRESH_S = 1.0
 USAGE_SCAN_LIMIT = 8 * 1024 * 1024
 
 
@@ -368,6 +369,10 @@ class Router:
         now = time.time()
         obs = parse_usage_headers(headers, now)
         h = self.view.health_of(account.id)
+        if now - (h.last_used_at or 0) < USAGE_REFRESH_S and (obs is None or (
+                obs.primary in (None, h.primary) and obs.secondary in (None, h.secondary)
+                and obs.ratelimit in (None, h.ratelimit))):
+            return  # nothing new within the last second: spare the copy and the write
         update: dict[str, Any] = {"last_used_at": now}
         if obs is not None:
             if obs.primary is not None:
