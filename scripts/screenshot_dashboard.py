@@ -39,7 +39,8 @@ def main() -> int:
         for sim in running_sim():
             pool = Pool(Path(tmp), sim)
             pool.client_key = build_demo_pool(pool.db_path, sim)  # replaces the harness's empty pool
-            with Mitmdump(pool) as proxy, Datasette(pool) as ds:
+            sweep = {"pool_usage_url": f"{sim.url}/backend-api/wham/usage", "pool_usage_sweep": 30}
+            with Mitmdump(pool, options=sweep) as proxy, Datasette(pool) as ds:
                 stop, counts = threading.Event(), {"ok": 0, "failed": 0}
                 workers = [threading.Thread(target=send_traffic, args=(proxy.url, pool.client_key, stop, counts))
                            for _ in range(3)]

@@ -70,7 +70,13 @@ def build_demo_pool(db_path: Path, sim: SimulatedUpstream) -> str:
         # Scripted trouble, so the dashboard has something to show.
         sim.script(keys["alpha-team-key"], [{"kind": "server_error", "count": 2},
                                             {"kind": "rate_limit", "retry_after": 15, "count": None}])
-        sim.script("acct-demo-pro", [{"kind": "expired", "count": 1}, {"kind": "inband_error", "count": 2}])
+        # The usage sweep makes the logins known-good first choices; their trouble is spread over time.
+        sim.script("acct-demo-pro", [{"kind": "expired", "count": 1}, {"kind": "inband_error", "count": 2},
+                                     {"kind": "cut", "after_events": 3, "count": 1},
+                                     {"kind": "rate_limit", "retry_after": 20, "count": 1},
+                                     {"kind": "invalid_request", "count": 1},
+                                     {"kind": "quota", "resets_in_seconds": 30, "count": 1}])
+        sim.script("acct-demo-plus", [{"kind": "server_error", "count": 2}])
         sim.set_usage("acct-demo-pro", primary_used_percent=35.0, secondary_used_percent=20.0)
         sim.set_usage("acct-demo-plus", primary_used_percent=70.0, secondary_used_percent=55.0)
         _, client_key = store.create_client_key(db, "demo-client", actor="demo")
@@ -88,7 +94,10 @@ def send_traffic(proxy_url: str, client_key: str, stop: threading.Event, counts:
         while not stop.is_set():
             kind = rng.choice(["responses", "responses-stream", "chat", "chat-stream", "models"])
             try:
-                if kind == "models":
+                if rng.random() < 0.03:  # now and then a client with a wrong key: the 401 shows too
+                    r = client.post("/v1/responses", json={"model": "gpt-5.5", "input": "hi"},
+                                    headers={"authorization": "Bearer ap-wrong-key"})
+                elif kind == "models":
                     r = client.get("/v1/models")
                 elif kind.startswith("responses"):
                     r = client.post("/v1/responses", json={
@@ -121,7 +130,8 @@ def run_demo(*, db_path: Path, seconds: float, datasette_port: int, proxy_port: 
             [str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "-p", str(proxy_port), "--mode",
              f"reverse:{sim.url}", "-s", str(ADDON_SCRIPT), "--set", f"pool_db={demo_db}",
              "--set", f"pool_chatgpt_base_url={sim.url}/backend-api/codex",
-             "--set", f"pool_oauth_token_url={sim.url}/oauth/token"],
+             "--set", f"pool_oauth_token_url={sim.url}/oauth/token",
+             "--set", f"pool_usage_url={sim.url}/backend-api/wham/usage", "--set", "pool_usage_sweep=30"],
             stdout=mitm_log, stderr=subprocess.STDOUT, start_new_session=True))
         _wait_port(proxy_port, procs[-1], "mitmdump")
         datasette = shutil.which("datasette", path=str(BIN)) or str(BIN / "datasette")
