@@ -15,6 +15,7 @@ import time
 import httpx
 from harness import Mitmdump, find_secrets, free_port, openai_client
 from mitmproxy import io as mitm_io
+from mitmproxy import version as mitmproxy_version
 
 KEY_A = "sk-test-alpha-aaaaaaaaaaaaaaaaaaaa"
 KEY_B = "sk-test-bravo-bbbbbbbbbbbbbbbbbbbb"
@@ -82,11 +83,16 @@ def test_flow_file_and_flow_detail_output_hold_no_credential(pool_env, sim):
     assert f"login (...{login['secret_hint']})" in served
 
 
+MITMWEB_NEEDS_TOKEN = tuple(int(p) for p in mitmproxy_version.VERSION.split(".")[:2]) >= (11, 1)
+
+
 class MitmwebWatcher:
     """Records every websocket broadcast of mitmweb and polls its flow API, while traffic runs."""
 
-    def __init__(self, web_port: int) -> None:
+    def __init__(self, web_port: int, token: str | None = None) -> None:
         self.base = f"http://127.0.0.1:{web_port}"
+        self.token = token
+        self.auth = {"authorization": f"Bearer {token}"} if token else {}
         self.messages: list[str] = []
         self.polled: list[str] = []
         self.polls = 0
@@ -117,7 +123,8 @@ class MitmwebWatcher:
         from tornado.websocket import websocket_connect
 
         async def run() -> None:
-            conn = await websocket_connect(self.base.replace("http", "ws") + "/updates")
+            query = f"?token={self.token}" if self.token else ""
+            conn = await websocket_connect(self.base.replace("http", "ws") + "/updates" + query)
             self._ws_ready.set()
             while not self._stop.is_set():
                 try:
@@ -132,7 +139,7 @@ class MitmwebWatcher:
         asyncio.run(run())
 
     def _poll(self) -> None:
-        with httpx.Client(base_url=self.base, trust_env=False, timeout=10) as web:
+        with httpx.Client(base_url=self.base, trust_env=False, timeout=10, headers=self.auth) as web:
             while not self._stop.wait(0.02):
                 self.poll_once(web)
 
@@ -152,16 +159,18 @@ def test_mitmweb_live_views_hold_no_credential(pool_env, sim):
     setup_pool(pool_env)
     web_port = free_port()
     path = pool_env.dir / "web-flows.mitm"
+    # mitmweb 11.1+ (mitmproxy 12 on Python 3.12+) requires a token for its API; 11.0 has none.
+    token = "accountpool-test-web-token" if MITMWEB_NEEDS_TOKEN else None
     proxy = Mitmdump(pool_env, tool="mitmweb", extra_args=[
         "--set", f"web_port={web_port}", "--set", "web_open_browser=false", "--set", "web_host=127.0.0.1",
-        "-w", str(path)])
+        *(["--set", f"web_password={token}"] if token else []), "-w", str(path)])
     with proxy:
         from harness import wait_for_port
 
         wait_for_port(web_port, proxy.proc, log=proxy.log)
-        with MitmwebWatcher(web_port) as watcher:
+        with MitmwebWatcher(web_port, token) as watcher:
             drive_traffic(pool_env, sim, proxy)
-            with httpx.Client(base_url=watcher.base, trust_env=False, timeout=10) as web:
+            with httpx.Client(base_url=watcher.base, trust_env=False, timeout=10, headers=watcher.auth) as web:
                 watcher.poll_once(web)  # one complete pass after the traffic, too
     secrets = secrets_of(pool_env)
     assert watcher.polls >= 2 and len(watcher.messages) >= 10
