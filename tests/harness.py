@@ -141,7 +141,8 @@ class Mitmdump:
         sim_url = pool.sim.url
         opts = {"pool_db": str(pool.db_path), "pool_chatgpt_base_url": f"{sim_url}/backend-api/codex",
                 "pool_oauth_token_url": f"{sim_url}/oauth/token",
-                "pool_usage_url": f"{sim_url}/backend-api/wham/usage", "pool_usage_sweep": 0, "pool_metrics_flush_ms": 100,
+                "pool_usage_url": f"{sim_url}/backend-api/wham/usage", "pool_usage_sweep": 0,
+                "pool_metrics_flush_ms": 100,
                 "confdir": str(self.confdir), "termlog_verbosity": "info"}
         opts.update(options or {})
         self.args = [str(BIN / tool), "--listen-host", listen_host, "-p", str(self.port)]
