@@ -32,6 +32,8 @@ class Passthrough:
 
     wants_usage_scan = True
     content_type: str | None = None
+    whole_answer = False
+    """True when the client gets one assembled answer: the relay then reads it all before committing."""
 
     def __init__(self, *, chat_style_errors: bool = False) -> None:
         self.chat_style_errors = chat_style_errors
@@ -157,6 +159,7 @@ class Assembled(_EventShaper):
 
     content_type = "application/json"
     wants_usage_scan = False
+    whole_answer = True
 
     def __init__(self, *, chat_model: str | None) -> None:
         super().__init__()

@@ -255,6 +255,27 @@ class Router:
                     raise self._fail(run, account, cls, brief, status=200, ms=_ms(started), refreshed=refreshed)
                 if not watcher.only_metadata_seen or held_size > HOLD_LIMIT:
                     break
+        if plan.shaper.whole_answer and watcher is not None:
+            # The client waits for one assembled answer anyway: read all of it before committing, so a cut
+            # or a late in-band failure still fails over instead of reaching the client.
+            while not exhausted:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    exhausted = True
+                    break
+                except httpx.HTTPError as exc:
+                    raise self._fail(run, account, FailureClass.UPSTREAM_ERROR,
+                                     f"{type(exc).__name__} before the answer was complete", status=200,
+                                     ms=_ms(started), refreshed=refreshed) from None
+                watcher.feed(chunk)
+                held.append(chunk)
+                if watcher.inband_error is not None:
+                    cls, brief = watcher.inband_error
+                    raise self._fail(run, account, cls, brief, status=200, ms=_ms(started), refreshed=refreshed)
+            if not watcher.saw_terminal:
+                raise self._fail(run, account, FailureClass.UPSTREAM_ERROR, "stream ended before its terminal event",
+                                 status=200, ms=_ms(started), refreshed=refreshed)
         # Commit: from here on this account answers the client.
         self._attempt_row(run, account, response.status_code, FailureClass.OK, started, refreshed)
         run.account_id, run.status, run.outcome = account.id, response.status_code, FailureClass.OK
