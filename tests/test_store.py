@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 from accountpool import schema, store
-from accountpool.models import Account, AccountKind, ModelOverride, PoolSettings
+from accountpool.models import Account, AccountHealth, AccountKind, ModelOverride, PoolSettings, UsageWindow
 from pydantic import ValidationError
 
 
@@ -305,3 +305,18 @@ def test_concurrent_first_open_migrates_once(tmp_path: Path) -> None:
         outcomes = [results.get(timeout=5) for _ in procs]
         assert outcomes == ["ok"] * 6, outcomes
         assert _migrations(Path(path)) == [("accountpool", m.name) for m in schema.MIGRATIONS._migrations]
+
+
+def test_save_health_keeps_the_newer_observation_and_the_later_cooldown(pool):
+    """Two proxies write health; a late flush of an older observation must not win (issue 7 §3)."""
+    db, _ = pool
+    newer = AccountHealth(account_id="acc_x", usage_seen_at=200.0, secondary=UsageWindow(used_percent=80),
+                          cooldown_until=1_000.0, cooldown_class="rate_limited")
+    older = AccountHealth(account_id="acc_x", usage_seen_at=100.0, secondary=UsageWindow(used_percent=5),
+                          cooldown_until=500.0, cooldown_class="upstream_error", last_used_at=300.0)
+    store.save_health(db, [newer])
+    store.save_health(db, [older])
+    saved = store.load_health(db, now=0.0)["acc_x"]
+    assert saved.secondary.used_percent == 80 and saved.usage_seen_at == 200.0
+    assert saved.cooldown_until == 1_000.0 and saved.cooldown_class == "rate_limited"
+    assert saved.last_used_at == 300.0

@@ -114,6 +114,34 @@ class AccountHealth(BaseModel):
     ratelimit_seen_at: float | None = None
 
 
+def merge_health(mine: AccountHealth | None, theirs: AccountHealth) -> AccountHealth:
+    """Combine two observers' views of one account: later observations win, cooldowns take the later end.
+
+    Both directions use it: a proxy reloading what others wrote, and the writer saving over what
+    another process stored meanwhile (a plain upsert would let an older observation win).
+    """
+    if mine is None:
+        return theirs
+    data = theirs.model_dump()
+    if (mine.cooldown_until or 0) > (theirs.cooldown_until or 0):
+        data.update(cooldown_until=mine.cooldown_until, cooldown_reason=mine.cooldown_reason,
+                    cooldown_class=mine.cooldown_class)
+    if (mine.last_error_at or 0) > (theirs.last_error_at or 0):
+        data.update(last_error=mine.last_error, last_error_class=mine.last_error_class,
+                    last_error_at=mine.last_error_at)
+    data["last_used_at"] = max(mine.last_used_at or 0, theirs.last_used_at or 0) or None
+    if (mine.usage_seen_at or 0) > (theirs.usage_seen_at or 0):
+        data.update(primary=mine.primary.model_dump(), secondary=mine.secondary.model_dump(),
+                    usage_seen_at=mine.usage_seen_at)
+    if (mine.ratelimit_seen_at or 0) > (theirs.ratelimit_seen_at or 0):
+        data.update(ratelimit=mine.ratelimit.model_dump(), ratelimit_seen_at=mine.ratelimit_seen_at)
+    models = dict(theirs.model_cooldowns)
+    for model, until in mine.model_cooldowns.items():
+        models[model] = max(until, models.get(model, 0))
+    data["model_cooldowns"] = models
+    return AccountHealth.model_validate(data)
+
+
 class ModelOverride(BaseModel):
     """Limits the addon writes into model-catalog responses so Codex sees the right numbers."""
 

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from . import schema, store
-from .models import Account, AccountHealth, PoolSettings
+from .models import Account, AccountHealth, PoolSettings, merge_health
 from .secrets_store import Credentials, SecretsStore
 
 log = logging.getLogger("accountpool.pool")
@@ -25,30 +25,6 @@ SEQUENTIAL_KEY = "sequential_current_account"
 SECRETS_CHECK_S = 0.25
 """A token rotated by another process is picked up within this; a 401 meanwhile re-reads at once."""
 AFFINITY_MAX = 50_000
-
-
-def merge_health(mine: AccountHealth | None, theirs: AccountHealth) -> AccountHealth:
-    """Combine two observers' views: later observations win, cooldowns take the later end."""
-    if mine is None:
-        return theirs
-    data = theirs.model_dump()
-    if (mine.cooldown_until or 0) > (theirs.cooldown_until or 0):
-        data.update(cooldown_until=mine.cooldown_until, cooldown_reason=mine.cooldown_reason,
-                    cooldown_class=mine.cooldown_class)
-    if (mine.last_error_at or 0) > (theirs.last_error_at or 0):
-        data.update(last_error=mine.last_error, last_error_class=mine.last_error_class,
-                    last_error_at=mine.last_error_at)
-    data["last_used_at"] = max(mine.last_used_at or 0, theirs.last_used_at or 0) or None
-    if (mine.usage_seen_at or 0) > (theirs.usage_seen_at or 0):
-        data.update(primary=mine.primary.model_dump(), secondary=mine.secondary.model_dump(),
-                    usage_seen_at=mine.usage_seen_at)
-    if (mine.ratelimit_seen_at or 0) > (theirs.ratelimit_seen_at or 0):
-        data.update(ratelimit=mine.ratelimit.model_dump(), ratelimit_seen_at=mine.ratelimit_seen_at)
-    models = dict(theirs.model_cooldowns)
-    for model, until in mine.model_cooldowns.items():
-        models[model] = max(until, models.get(model, 0))
-    data["model_cooldowns"] = models
-    return AccountHealth.model_validate(data)
 
 
 class PoolView:

@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlite_utils
 
-from .models import Account, AccountHealth, PoolSettings, RateLimitObservation, UsageWindow
+from .models import Account, AccountHealth, PoolSettings, RateLimitObservation, UsageWindow, merge_health
 
 CLIENT_KEY_PREFIX = "ap-"
 
@@ -151,6 +151,10 @@ def load_health(db: sqlite_utils.Database, now: float | None = None) -> dict[str
 
 
 def save_health(db: sqlite_utils.Database, healths: Iterable[AccountHealth]) -> None:
+    """Merge into what is stored (another process may have written a newer observation meanwhile)."""
+    healths = list(healths)
+    stored = load_health(db, now=0.0)
+    healths = [merge_health(h, stored[h.account_id]) if h.account_id in stored else h for h in healths]
     rows = [health_to_row(h) for h in healths]
     if rows:
         db["account_health"].upsert_all(rows, pk="account_id")
