@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,46 +235,15 @@ class Router:
         watcher = StreamWatcher() if is_sse else None
         chunks = response.aiter_raw()
         held: list[bytes] = []
-        held_size = 0
         exhausted = False
-        if watcher is not None and self.config.hold_metadata_events:
-            while True:
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    exhausted = True
-                    break
-                except httpx.HTTPError as exc:
-                    raise self._fail(run, account, FailureClass.UPSTREAM_ERROR,
-                                     f"{type(exc).__name__} before the first content event", status=200,
-                                     ms=_ms(started), refreshed=refreshed) from None
-                watcher.feed(chunk)
-                held.append(chunk)
-                held_size += len(chunk)
-                if watcher.inband_error is not None and not watcher.first_content_seen:
-                    cls, brief = watcher.inband_error
-                    raise self._fail(run, account, cls, brief, status=200, ms=_ms(started), refreshed=refreshed)
-                if not watcher.only_metadata_seen or held_size > HOLD_LIMIT:
-                    break
-        if plan.shaper.whole_answer and watcher is not None:
-            # The client waits for one assembled answer anyway: read all of it before committing, so a cut
-            # or a late in-band failure still fails over instead of reaching the client.
-            while not exhausted:
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    exhausted = True
-                    break
-                except httpx.HTTPError as exc:
-                    raise self._fail(run, account, FailureClass.UPSTREAM_ERROR,
-                                     f"{type(exc).__name__} before the answer was complete", status=200,
-                                     ms=_ms(started), refreshed=refreshed) from None
-                watcher.feed(chunk)
-                held.append(chunk)
-                if watcher.inband_error is not None:
-                    cls, brief = watcher.inband_error
-                    raise self._fail(run, account, cls, brief, status=200, ms=_ms(started), refreshed=refreshed)
-            if not watcher.saw_terminal:
+        whole = plan.shaper.whole_answer
+        if watcher is not None and (whole or self.config.hold_metadata_events):
+            # Before committing, read ahead: the metadata events only (an in-band error there fails over
+            # invisibly) or, when the client waits for one assembled answer anyway, all of it (so a cut or a
+            # late in-band failure still fails over).
+            exhausted = await self._read_ahead(run, account, chunks, watcher, held, whole=whole, started=started,
+                                               refreshed=refreshed)
+            if whole and not watcher.saw_terminal:
                 raise self._fail(run, account, FailureClass.UPSTREAM_ERROR, "stream ended before its terminal event",
                                  status=200, ms=_ms(started), refreshed=refreshed)
         # Commit: from here on this account answers the client.
@@ -323,6 +293,28 @@ class Router:
         if responder.client_gone:
             run.outcome, run.brief = FailureClass.STREAM_INTERRUPTED, "client disconnected"
         await responder.end()
+
+    async def _read_ahead(self, run: Run, account: Account, chunks: AsyncIterator[bytes], watcher: StreamWatcher,
+                          held: list[bytes], *, whole: bool, started: float, refreshed: bool) -> bool:
+        """Hold chunks back until content (or, `whole`, the end); True when the upstream body is exhausted."""
+        size = 0
+        while True:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return True
+            except httpx.HTTPError as exc:
+                stage = "the answer was complete" if whole else "the first content event"
+                raise self._fail(run, account, FailureClass.UPSTREAM_ERROR, f"{type(exc).__name__} before {stage}",
+                                 status=200, ms=_ms(started), refreshed=refreshed) from None
+            watcher.feed(chunk)
+            held.append(chunk)
+            size += len(chunk)
+            if watcher.inband_error is not None and (whole or not watcher.first_content_seen):
+                cls, brief = watcher.inband_error
+                raise self._fail(run, account, cls, brief, status=200, ms=_ms(started), refreshed=refreshed)
+            if not whole and (not watcher.only_metadata_seen or size > HOLD_LIMIT):
+                return False
 
     async def _forward(self, run: Run, responder: Responder, data: bytes) -> None:
         if data:
