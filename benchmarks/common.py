@@ -14,7 +14,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from accountpool.local_ports import free_port, wait_for_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -34,24 +35,6 @@ sys.path.insert(0, str(ROOT / "addon"))
 SIM_KEYS = ("sk-bench-account-a-0000000000000000aaaa", "sk-bench-account-b-0000000000000000bbbb")
 BARE_KEY = "sk-bench-bare-client-00000000000000cccc"
 """Bare mitmdump forwards the client's own key, so the simulator has to know one too."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
 def scratch_dir(prefix: str) -> Path:
@@ -177,7 +160,7 @@ def start_bare(workdir: Path, sim_url: str, *, prefix: list[str] | None = None) 
     log = workdir / f"mitmdump-bare-{port}.log"
     args = [*(prefix or []), *mitmdump_args(port, sim_url, workdir / "conf"), "--set", "stream_large_bodies=1"]
     proc = Proc(args, log)
-    wait_for_port(port, proc.proc, log)
+    wait_for_port(port, proc.proc, log=log)
     return Proxy("bare", proc, port, f"Bearer {BARE_KEY}")
 
 
@@ -194,7 +177,7 @@ def start_addon(workdir: Path, sim_url: str, pool: PoolFiles, *, prefix: list[st
     if patches:
         args += ["-s", str(HERE / "diag_patches.py")]
     proc = Proc(args, log, env={"ACCOUNTPOOL_BENCH_PATCHES": patches})
-    wait_for_port(port, proc.proc, log)
+    wait_for_port(port, proc.proc, log=log)
     return Proxy("addon", proc, port, f"Bearer {pool.client_key}")
 
 

@@ -62,7 +62,7 @@ def start_litellm(workdir: Path, sim_url: str) -> Proxy | None:
     log = workdir / f"litellm-{port}.log"
     proc = Proc([exe, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"], log)
     try:
-        wait_for_port(port, proc.proc, log, timeout=90)
+        wait_for_port(port, proc.proc, timeout=90, log=log)
     except (RuntimeError, TimeoutError) as exc:
         print(f"litellm: could not start ({exc}); column omitted", file=sys.stderr)
         proc.stop()

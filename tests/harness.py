@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,31 +21,12 @@ from typing import Any
 
 import httpx
 from accountpool import account_admin, schema, store
+from accountpool.local_ports import free_port, wait_for_port
 from accountpool.secrets_store import SecretsStore
 from accountpool.simulator import SimulatedUpstream
 
 BIN = Path(sys.executable).parent
 ADDON = Path(__file__).resolve().parent.parent / "addon" / "accountpool" / "mitmproxy_script.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 30.0,
-                  log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            text = log.read_text() if log and log.exists() else ""
-            raise RuntimeError(f"process exited with {proc.returncode} before listening:\n{text[-4000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
 @dataclass

@@ -12,7 +12,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,27 +21,12 @@ from pathlib import Path
 import httpx
 
 from . import account_admin, schema, store
+from .local_ports import port_open, wait_for_port
 from .secrets_store import SecretsStore
 from .simulator import SimulatedUpstream
 
 ADDON_SCRIPT = Path(__file__).with_name("mitmproxy_script.py")
 BIN = Path(sys.executable).parent
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}")
-        if not _port_free(port):
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} did not start listening on port {port}")
 
 
 def build_demo_pool(db_path: Path, sim: SimulatedUpstream) -> str:
@@ -118,7 +102,7 @@ def run_demo(*, db_path: Path, seconds: float, datasette_port: int, proxy_port: 
     demo_db = demo_dir / "pool.db"
     demo_dir.mkdir(parents=True, exist_ok=True)
     for port, what in ((proxy_port, "--proxy-port"), (datasette_port, "--datasette-port")):
-        if not _port_free(port):
+        if port_open(port):
             raise RuntimeError(f"port {port} is in use; pick another with {what}")
     sim = SimulatedUpstream().start()
     procs: list[subprocess.Popen] = []
@@ -133,13 +117,13 @@ def run_demo(*, db_path: Path, seconds: float, datasette_port: int, proxy_port: 
              "--set", f"pool_oauth_token_url={sim.url}/oauth/token",
              "--set", f"pool_usage_url={sim.url}/backend-api/wham/usage", "--set", "pool_usage_sweep=30"],
             stdout=mitm_log, stderr=subprocess.STDOUT, start_new_session=True))
-        _wait_port(proxy_port, procs[-1], "mitmdump")
+        wait_for_port(proxy_port, procs[-1], timeout=60, log=demo_dir / "mitmdump.log")
         datasette = shutil.which("datasette", path=str(BIN)) or str(BIN / "datasette")
         ds = subprocess.Popen([datasette, str(demo_db), "--root", "-h", "127.0.0.1", "-p", str(datasette_port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         procs.append(ds)
         sign_in = _read_root_url(ds)
-        _wait_port(datasette_port, ds, "datasette")
+        wait_for_port(datasette_port, ds, timeout=60)
         counts = {"ok": 0, "failed": 0}
         workers = [threading.Thread(target=send_traffic, args=(f"http://127.0.0.1:{proxy_port}", client_key, stop,
                                                                counts), daemon=True) for _ in range(3)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -133,8 +134,6 @@ def parse_body(method: str, content: bytes, content_type: str) -> dict[str, Any]
     """Validate what routing needs from the body; anything else is the upstream's business."""
     if method != "POST" or not content:
         return None
-    import json
-
     if "json" not in content_type and content.lstrip()[:1] != b"{":
         return None
     try:

@@ -167,14 +167,6 @@ def save_health(db: sqlite_utils.Database, healths: Iterable[AccountHealth]) -> 
         db["model_cooldowns"].upsert_all(cooldowns, pk=("account_id", "model"))
 
 
-def clear_cooldown(db: sqlite_utils.Database, account_id: str, *, actor: str) -> None:
-    get_account(db, account_id)
-    db.execute("update account_health set cooldown_until = null, cooldown_reason = null, cooldown_class = null "
-               "where account_id = ?", [account_id])
-    db.execute("delete from model_cooldowns where account_id = ?", [account_id])
-    record_audit(db, actor=actor, action="clear_cooldown", target=account_id, before=None, after=None)
-
-
 # ---------------------------------------------------------------- client keys
 
 
