@@ -59,8 +59,9 @@ def phases() -> list[dict[str, list[dict]]]:
 
 
 class FaultDriver(threading.Thread):
-    """Applies the next phase once ≥ `every` more requests finished and ≥ `min_s` passed, so every phase runs
-    at least twice over 2 000 requests however fast or slow the machine is (and cooldowns have time to end)."""
+    """Applies phase k once k × `every` requests finished and ≥ `min_s` after phase k − 1 (so cooldowns have
+    time to end); the clients wait at `may_send` for the next phase, so every phase runs at least twice over
+    2 000 requests however fast or slow the machine is."""
 
     def __init__(self, sim, progress, every: int = 90, min_s: float = 0.4) -> None:
         super().__init__(daemon=True)
@@ -71,11 +72,9 @@ class FaultDriver(threading.Thread):
 
     def run(self) -> None:
         plan = phases()
-        mark = -self.every
         while not self.stop_event.wait(self.min_s) and self.phases_run < 500:  # bounded even if clients hang
-            if self.progress() - mark < self.every:
+            if self.progress() < self.phases_run * self.every:
                 continue
-            mark = self.progress()
             for credential, faults in plan[self.phases_run % len(plan)].items():
                 # Appended, not replacing: a fault whose account was cooling down still fires later.
                 with self.sim._lock:
@@ -84,10 +83,15 @@ class FaultDriver(threading.Thread):
                 self.applied.update(f["kind"] for f in faults)
             self.phases_run += 1
 
+    def may_send(self, done: int) -> bool:
+        return done < self.phases_run * self.every or self.stop_event.is_set()
 
-def client_worker(proxy: Mitmdump, n: int, offset: int, results: list[dict]) -> None:
+
+def client_worker(proxy: Mitmdump, n: int, offset: int, results: list[dict], driver: FaultDriver) -> None:
     with proxy.client() as client:
         for i in range(n):
+            while not driver.may_send(len(results)):
+                time.sleep(0.005)
             stream = (offset + i) % 2 == 0
             body = {"model": STREAM_MODEL if stream else PLAIN_MODEL, "input": f"soak {offset} {i}",
                     "stream": stream}
@@ -124,7 +128,7 @@ def test_fault_mix_soak(pool_env, sim, capsys):
         driver = FaultDriver(sim, lambda: len(results))
         driver.start()
         started = time.monotonic()
-        threads = [threading.Thread(target=client_worker, args=(proxy, PER_THREAD, t * PER_THREAD, results))
+        threads = [threading.Thread(target=client_worker, args=(proxy, PER_THREAD, t * PER_THREAD, results, driver))
                    for t in range(THREADS)]
         for t in threads:
             t.start()

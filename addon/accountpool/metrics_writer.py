@@ -94,6 +94,8 @@ class MetricsWriter:
         self._last_prune = 0.0
         self._pid = os.getpid()
         self._inflight_swept = False
+        self._inflight_stored: set[str] = set()
+        """Ids this writer has put into `inflight` and not yet removed: only those need a DELETE."""
         self.batches = 0
         self.lock_retries = 0
         self.dropped = 0
@@ -188,15 +190,13 @@ class MetricsWriter:
             conn: sqlite3.Connection = db.conn
             conn.execute("BEGIN IMMEDIATE")
             try:
-                if requests:
-                    # OR IGNORE, not OR REPLACE: a replace skips the delete trigger of the per-minute rollup.
-                    db["requests"].insert_all(requests, ignore=True, batch_size=500)
-                if attempts:
-                    db["attempts"].insert_all(attempts, replace=True, batch_size=500)
-                gone = [rid for rid, row in inflight.items() if row is None]
+                # OR IGNORE, not OR REPLACE: a replace skips the delete trigger of the per-minute rollup.
+                insert_rows(conn, "INSERT OR IGNORE", "requests", requests)
+                insert_rows(conn, "INSERT OR REPLACE", "attempts", attempts)
+                # A request that started and ended within one batch never touches `inflight`: most don't.
+                gone = [rid for rid, row in inflight.items() if row is None and rid in self._inflight_stored]
                 live = [row for row in inflight.values() if row is not None]
-                if live:
-                    db["inflight"].upsert_all(live, pk="request_id")
+                insert_rows(conn, "INSERT OR REPLACE", "inflight", live)
                 if gone:
                     conn.executemany("DELETE FROM inflight WHERE request_id = ?", [(rid,) for rid in gone])
                 if health:
@@ -206,6 +206,8 @@ class MetricsWriter:
                 for key_id, at in key_use.items():
                     conn.execute("UPDATE client_keys SET last_used_at = ? WHERE id = ?", [at, key_id])
                 conn.execute("COMMIT")
+                self._inflight_stored.difference_update(rid for rid, row in inflight.items() if row is None)
+                self._inflight_stored.update(row["request_id"] for row in live)
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -260,6 +262,22 @@ class MetricsWriter:
             db.conn.execute("DELETE FROM inflight WHERE pid = ?", [self._pid])
         except sqlite3.OperationalError as exc:
             log.warning("metrics: could not clear this process's in-flight rows (%s)", exc)
+
+
+def insert_rows(conn: sqlite3.Connection, verb: str, table: str, rows: list[dict[str, Any]]) -> None:
+    """One prepared statement per column set, `executemany` over the rows.
+
+    sqlite-utils owns the schema (migrations); on this per-batch path its `insert_all` spent more
+    CPU per row than the insert itself (column detection and SQL building for every chunk, on the
+    thread that shares the GIL with mitmproxy's event loop), so rows go in with plain SQL.
+    """
+    by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    for row in rows:
+        by_columns.setdefault(tuple(row), []).append(tuple(row.values()))
+    for columns, values in by_columns.items():
+        names = ", ".join(f'"{c}"' for c in columns)
+        marks = ", ".join("?" * len(columns))
+        conn.executemany(f'{verb} INTO "{table}" ({names}) VALUES ({marks})', values)
 
 
 def pid_alive(pid: int) -> bool:

@@ -30,14 +30,16 @@ from .errors import ErrorAnswer
 from .metrics_writer import ClientKeyUse, MetricsWriter, RequestRecord
 from .paths import secrets_path_for
 from .pool_view import PoolView
-from .relay import Relay
+from .relay import TICKET_HEADER, BufferedResponder, Relay, answers_whole
 from .router import Admitted, Router, RouterConfig
 from .store import match_client_key
+from .upstream_client import UpstreamClient
 from .usage_sweep import UsageSweeper
 
 log = logging.getLogger("accountpool")
 
 POOLED = "accountpool.pooled"
+DESTINATION = "accountpool.destination"
 CLIENT_KEY_HEADERS = ("authorization", "x-api-key", "api-key")
 SESSION_HEADERS = ("session_id", "x-session-id", "conversation-id", "conversation_id")
 FAILED_AUTH_WINDOW_S = 60.0
@@ -155,7 +157,8 @@ class AccountPool:
         self.writer: MetricsWriter | None = None
         self.relay: Relay | None = None
         self.sweeper: UsageSweeper | None = None
-        self.client: httpx.AsyncClient | None = None
+        self.client: UpstreamClient | None = None
+        self.control_client: httpx.AsyncClient | None = None
         self.throttle = FailedAuthThrottle()
         self._client_keys: dict[str, str | None] = {}
         self._connect_keys: dict[str, str] = {}
@@ -209,13 +212,13 @@ class AccountPool:
                                     retention_s=lambda: self.view.settings.retention_days * 86_400 if self.view
                                     else 7 * 86_400)
         self.writer.start()
-        self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
-                                        http2=False, trust_env=False, follow_redirects=False)
+        self.client = UpstreamClient()
         self.relay = Relay(Router(self.view, self.writer, self._router_config(), self.client),
                            max_body=opts.pool_max_body)
         _spawn(self.relay.start(), "accountpool-relay")
         if opts.pool_usage_sweep > 0:
-            self.sweeper = UsageSweeper(self.view, self.writer, self.client, url=opts.pool_usage_url,
+            self.control_client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+            self.sweeper = UsageSweeper(self.view, self.writer, self.control_client, url=opts.pool_usage_url,
                                         interval_s=opts.pool_usage_sweep)
             _spawn(self.sweeper.run(), "accountpool-usage-sweep")
 
@@ -230,13 +233,14 @@ class AccountPool:
     def done(self) -> None:
         if self.relay is not None:
             # A script reload builds a new addon with its own relay: free the old port and sockets.
-            relay, client, self.relay, self.client = self.relay, self.client, None, None
+            relay, clients = self.relay, (self.client, self.control_client)
+            self.relay = self.client = self.control_client = None
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
                 pass
             else:
-                _spawn(_close(relay, client), "accountpool-relay-stop")
+                _spawn(_close(relay, *clients), "accountpool-relay-stop")
         if self.writer is not None:
             self.writer.stop()
         if self.view is not None:
@@ -286,7 +290,11 @@ class AccountPool:
         if not flow.metadata.get(POOLED) or flow.response or flow.error or not flow.live:
             return
         try:
-            await self._admit(flow)
+            admitted = await self._admit(flow)
+            if answers_whole(admitted):
+                await self._answer_whole(flow, admitted)
+            else:
+                await self._hand_to_relay(flow, admitted)
         except BadRequest as exc:
             self._answer(flow, exc.answer)
         except Exception as exc:
@@ -296,9 +304,13 @@ class AccountPool:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get(POOLED) and flow.response is not None:
             flow.response.stream = True
-            served_by = flow.response.headers.get("x-accountpool-account")
-            if served_by:
-                flow.comment = f"accountpool: served by {served_by}"
+            self._comment_served_by(flow)
+
+    @staticmethod
+    def _comment_served_by(flow: http.HTTPFlow) -> None:
+        served_by = flow.response.headers.get("x-accountpool-account") if flow.response else None
+        if served_by:
+            flow.comment = f"accountpool: served by {served_by}"
 
     def error(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get(POOLED):
@@ -313,6 +325,7 @@ class AccountPool:
             flow.kill()
             return
         req = flow.request
+        flow.metadata[DESTINATION] = (req.scheme, req.host, req.port)
         req.scheme, req.host, req.port = "http", "127.0.0.1", self.relay.port
 
     def _in_scope(self, flow: http.HTTPFlow) -> bool:
@@ -322,7 +335,7 @@ class AccountPool:
         hosts = {h.strip().lower() for h in ctx.options.pool_upstream_hosts.split(",") if h.strip()}
         return flow.request.pretty_host.lower() in hosts and path.startswith(("/v1/", "/backend-api/codex/"))
 
-    async def _admit(self, flow: http.HTTPFlow) -> None:
+    async def _admit(self, flow: http.HTTPFlow) -> Admitted:
         assert self.view is not None and self.relay is not None and self.writer is not None
         if ctx.options.pool_fault_inject == "request_hook":
             raise RuntimeError("injected fault (pool_fault_inject=request_hook)")
@@ -351,13 +364,40 @@ class AccountPool:
             headers=[(k, v) for k, v in req.headers.items(multi=True)], body=content, json_body=body,
             model=body.get("model") if body else None, stream=bool(body and body.get("stream")),
             session_key=session_key(req.headers, body), pinned_account=pinned)
-        if not self.relay.ready.is_set():
-            await asyncio.wait_for(self.relay.ready.wait(), 10)
-        ticket = self.relay.admit(admitted)
         if key_id:
             self.writer.submit(ClientKeyUse(key_id, now))
-        req.headers["x-accountpool-ticket"] = ticket
         flow.comment = f"accountpool: {admitted.request_id} from {label or 'anonymous'}"
+        return admitted
+
+    async def _hand_to_relay(self, flow: http.HTTPFlow, admitted: Admitted) -> None:
+        assert self.relay is not None
+        if not self.relay.ready.is_set():
+            await asyncio.wait_for(self.relay.ready.wait(), 10)
+        flow.request.headers[TICKET_HEADER] = self.relay.admit(admitted)
+
+    async def _answer_whole(self, flow: http.HTTPFlow, admitted: Admitted) -> None:
+        """Route here and set `flow.response`: mitmproxy never opens a server connection for the flow."""
+        assert self.relay is not None
+        answer = BufferedResponder()
+        try:
+            await self.relay.router.serve(admitted, answer)
+        except Exception:
+            # The router has recorded the request (outcome internal_error); the client gets a clear 500.
+            log.exception("accountpool: routing %s failed", admitted.request_id)
+            answer.cut = True
+        if answer.cut or not answer.committed or answer.client_gone:
+            reason = answer.gone_reason if answer.client_gone else "the upstream answer was cut off" \
+                if answer.committed else "internal routing error"
+            error = errors.openai_error(502 if answer.committed else 500, f"accountpool: {reason}",
+                                        type="server_error", code="accountpool_incomplete_answer",
+                                        outcome=errors.FailureClass.STREAM_INTERRUPTED)
+            flow.response = http.Response.make(error.status, error.body, dict(error.headers))
+        else:
+            flow.response = http.Response.make(answer.status, bytes(answer.body), [
+                (k.encode("latin-1", "replace"), v.encode("utf-8", "replace")) for k, v in answer.headers])
+        # Answered here, the flow shows where the client sent it, not the relay (which it never reached).
+        flow.request.scheme, flow.request.host, flow.request.port = flow.metadata[DESTINATION]
+        self._comment_served_by(flow)
 
     def _authenticate(self, flow: http.HTTPFlow, now: float) -> tuple[str | None, str | None]:
         assert self.view is not None
@@ -408,8 +448,10 @@ def _spawn(coro: Any, name: str) -> None:
         create_task(coro, name=name)
 
 
-async def _close(relay: Relay, client: httpx.AsyncClient | None) -> None:
+async def _close(relay: Relay, client: UpstreamClient | None, control_client: httpx.AsyncClient | None) -> None:
     await relay.stop()
     if client is not None:
-        await client.aclose()
+        await client.close()
+    if control_client is not None:
+        await control_client.aclose()
 os.environ.setdefault("ACCOUNTPOOL_ADDON", "1")

@@ -40,6 +40,7 @@ class Responder:
         self.committed = False
         self.finished = False
         self.client_gone = False
+        self.gone_reason = "client disconnected"
 
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         self.committed = True

@@ -13,11 +13,9 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpx
+from typing import Any, Protocol
 
 from . import errors
 from .classify import classify_attempt, cooldown_until, error_brief
@@ -26,12 +24,12 @@ from .metrics_writer import HealthUpdate, InflightUpdate, MetricsWriter, Request
 from .models import Account, AccountHealth, AccountKind, FailureClass
 from .oauth import RefreshError
 from .pool_view import SEQUENTIAL_KEY, PoolView
-from .relay_server import Responder
 from .response_shapers import AttemptPlan, plan_attempt
 from .secrets_store import Credentials
 from .selection import choose_candidates
 from .sse_usage import StreamWatcher, TokenUsage, usage_from_json_body
 from .token_rotation import access_expiry, rotate_tokens
+from .upstream_client import UpstreamClient, UpstreamError, UpstreamResponse
 from .usage_headers import parse_usage_headers
 
 log = logging.getLogger("accountpool.router")
@@ -40,6 +38,22 @@ ERROR_BODY_LIMIT = 1024 * 1024
 HOLD_LIMIT = 256 * 1024
 USAGE_REFRESH_S = 1.0
 USAGE_SCAN_LIMIT = 8 * 1024 * 1024
+
+
+class ClientAnswer(Protocol):
+    """Where the chosen answer goes: the relay's HTTP response (streamed) or the addon's buffer (whole)."""
+
+    committed: bool
+    """Set once the status is chosen: after that no other account may answer."""
+    finished: bool
+    client_gone: bool
+    gone_reason: str
+
+    async def start(self, status: int, headers: list[tuple[str, str]]) -> None: ...
+    async def send(self, data: bytes) -> None: ...
+    async def end(self) -> None: ...
+    async def whole(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None: ...
+    def abort(self) -> None: ...
 
 
 @dataclass
@@ -99,7 +113,7 @@ class AttemptFailed(Exception):
 
 class Router:
     def __init__(self, view: PoolView, writer: MetricsWriter, config: RouterConfig,
-                 client: httpx.AsyncClient) -> None:
+                 client: UpstreamClient) -> None:
         self.view = view
         self.writer = writer
         self.config = config
@@ -108,7 +122,7 @@ class Router:
 
     # ------------------------------------------------------------ one request
 
-    async def serve(self, admitted: Admitted, responder: Responder) -> None:
+    async def serve(self, admitted: Admitted, responder: ClientAnswer) -> None:
         run = Run(admitted)
         self._phase(run, "received", None)
         failures = FailureLog()
@@ -161,7 +175,7 @@ class Router:
 
     # ------------------------------------------------------------ one account
 
-    async def _try_account(self, run: Run, account: Account, responder: Responder) -> None:
+    async def _try_account(self, run: Run, account: Account, responder: ClientAnswer) -> None:
         creds = self.view.credentials(account.id)
         if creds is None or not (creds.api_key or creds.access_token):
             raise self._fail(run, account, FailureClass.AUTH_FAILED, "no stored credentials for this account",
@@ -183,27 +197,26 @@ class Router:
                 continue
             return
 
-    async def _send(self, run: Run, account: Account, plan: AttemptPlan, responder: Responder, *,
+    async def _send(self, run: Run, account: Account, plan: AttemptPlan, responder: ClientAnswer, *,
                     refreshed: bool) -> FailureClass:
         """One upstream try. Returns OK (committed) or AUTH_EXPIRED (caller refreshes); raises AttemptFailed."""
         admitted = run.admitted
         started = time.monotonic()
         n = len(run.attempts) + 1
         self._phase(run, "retrying" if n > 1 else "waiting_headers", account.id)
-        request = self.client.build_request(
-            admitted.method, plan.url, headers=plan.headers, content=plan.body,
-            timeout=httpx.Timeout(self.config.header_timeout_s, connect=self.config.connect_timeout_s))
         try:
-            response = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
+            response = await self.client.send(admitted.method, plan.url, headers=plan.headers, body=plan.body,
+                                              connect_timeout_s=self.config.connect_timeout_s,
+                                              read_timeout_s=self.config.header_timeout_s)
+        except UpstreamError as exc:
             raise self._fail(run, account, FailureClass.UPSTREAM_ERROR,
-                             f"{type(exc).__name__} before response headers", status=None,
+                             f"{exc} before response headers", status=None,
                              ms=_ms(started), refreshed=refreshed) from None
         try:
             self._observe_usage(account, response.headers)
-            status = response.status_code
+            status = response.status
             if status >= 400:
-                body = await _read_bounded(response, ERROR_BODY_LIMIT)
+                body = await response.read(ERROR_BODY_LIMIT)
                 cls = classify_attempt(status, body, kind=account.kind, after_refresh=refreshed)
                 if cls is FailureClass.AUTH_EXPIRED:
                     self._attempt_row(run, account, status, cls, started, refreshed)
@@ -214,7 +227,7 @@ class Router:
                     run.headers_at = time.monotonic()
                     run.account_id, run.status, run.outcome = account.id, status, cls
                     run.brief = error_brief(status, body)
-                    headers = plan.shaper.client_headers(list(response.headers.multi_items()), account,
+                    headers = plan.shaper.client_headers(response.header_items(), account,
                                                          admitted.request_id, n)
                     await responder.whole(status, headers, body)
                     run.first_chunk_at = time.monotonic()
@@ -224,16 +237,16 @@ class Router:
             await self._deliver(run, account, plan, response, responder, started=started, refreshed=refreshed)
             return FailureClass.OK
         finally:
-            await response.aclose()
+            response.close()
 
-    async def _deliver(self, run: Run, account: Account, plan: AttemptPlan, response: httpx.Response,
-                       responder: Responder, *, started: float, refreshed: bool) -> None:
+    async def _deliver(self, run: Run, account: Account, plan: AttemptPlan, response: UpstreamResponse,
+                       responder: ClientAnswer, *, started: float, refreshed: bool) -> None:
         """Stream a successful answer; before the first content event an in-band error still fails over."""
         admitted = run.admitted
         run.headers_at = time.monotonic()
         is_sse = "text/event-stream" in response.headers.get("content-type", "")
         watcher = StreamWatcher() if is_sse else None
-        chunks = response.aiter_raw()
+        chunks = response.chunks()
         held: list[bytes] = []
         exhausted = False
         whole = plan.shaper.whole_answer
@@ -247,12 +260,12 @@ class Router:
                 raise self._fail(run, account, FailureClass.UPSTREAM_ERROR, "stream ended before its terminal event",
                                  status=200, ms=_ms(started), refreshed=refreshed)
         # Commit: from here on this account answers the client.
-        self._attempt_row(run, account, response.status_code, FailureClass.OK, started, refreshed)
-        run.account_id, run.status, run.outcome = account.id, response.status_code, FailureClass.OK
+        self._attempt_row(run, account, response.status, FailureClass.OK, started, refreshed)
+        run.account_id, run.status, run.outcome = account.id, response.status, FailureClass.OK
         self._phase(run, "streaming", account.id)
         shaper = plan.shaper
-        await responder.start(response.status_code, shaper.client_headers(
-            list(response.headers.multi_items()), account, admitted.request_id, len(run.attempts)))
+        await responder.start(response.status, shaper.client_headers(
+            response.header_items(), account, admitted.request_id, len(run.attempts)))
         body_copy = bytearray() if watcher is None and shaper.wants_usage_scan else None
         for chunk in held:
             await self._forward(run, responder, shaper.feed(chunk))
@@ -267,9 +280,9 @@ class Router:
                     if responder.client_gone:
                         break
             await self._forward(run, responder, shaper.finish())
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             run.outcome = FailureClass.STREAM_INTERRUPTED
-            run.brief = f"upstream stream cut after commit ({type(exc).__name__})"
+            run.brief = f"upstream stream cut after commit ({exc})"
             tail = shaper.interrupted(run.brief)
             if tail:
                 await self._forward(run, responder, tail)
@@ -291,7 +304,7 @@ class Router:
             else:
                 run.usage = shaper.usage
         if responder.client_gone:
-            run.outcome, run.brief = FailureClass.STREAM_INTERRUPTED, "client disconnected"
+            run.outcome, run.brief = FailureClass.STREAM_INTERRUPTED, responder.gone_reason
         await responder.end()
 
     async def _read_ahead(self, run: Run, account: Account, chunks: AsyncIterator[bytes], watcher: StreamWatcher,
@@ -303,9 +316,9 @@ class Router:
                 chunk = await anext(chunks)
             except StopAsyncIteration:
                 return True
-            except httpx.HTTPError as exc:
+            except UpstreamError as exc:
                 stage = "the answer was complete" if whole else "the first content event"
-                raise self._fail(run, account, FailureClass.UPSTREAM_ERROR, f"{type(exc).__name__} before {stage}",
+                raise self._fail(run, account, FailureClass.UPSTREAM_ERROR, f"{exc} before {stage}",
                                  status=200, ms=_ms(started), refreshed=refreshed) from None
             watcher.feed(chunk)
             held.append(chunk)
@@ -316,7 +329,7 @@ class Router:
             if not whole and (not watcher.only_metadata_seen or size > HOLD_LIMIT):
                 return False
 
-    async def _forward(self, run: Run, responder: Responder, data: bytes) -> None:
+    async def _forward(self, run: Run, responder: ClientAnswer, data: bytes) -> None:
         if data:
             if run.first_chunk_at is None:
                 run.first_chunk_at = time.monotonic()
@@ -378,7 +391,7 @@ class Router:
         self._put_health(h.model_copy(update={"last_error": brief, "last_error_class": cls.value,
                                               "last_error_at": time.time()}))
 
-    def _observe_usage(self, account: Account, headers: httpx.Headers) -> None:
+    def _observe_usage(self, account: Account, headers: Mapping[str, str]) -> None:
         now = time.time()
         obs = parse_usage_headers(headers, now)
         h = self.view.health_of(account.id)
@@ -438,16 +451,4 @@ _PID = os.getpid()
 
 def _ms(started: float) -> float:
     return round((time.monotonic() - started) * 1000, 2)
-
-
-async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
-    body = bytearray()
-    try:
-        async for chunk in response.aiter_raw():
-            body += chunk
-            if len(body) >= limit:
-                break
-    except httpx.HTTPError:
-        pass
-    return bytes(body[:limit])
 
