@@ -160,3 +160,35 @@ async def test_request_hook_that_raises_answers_500_and_never_forwards(pool_db):
         error = json.loads(f.response.content)["error"]
         assert error["code"] == "accountpool_internal_error" and "not forwarded" in error["message"]
         addon.done()
+
+
+def _admitted(json_body, stream):
+    from accountpool.router import Admitted
+
+    return Admitted(request_id="req_1", started_at=0.0, t0=0.0, method="POST", path="/v1/responses",
+                    endpoint="/v1/responses", client_label=None, headers=[], body=b"", json_body=json_body,
+                    model=None, stream=stream, session_key=None, pinned_account=None)
+
+
+def test_only_non_streamed_json_requests_are_answered_whole():
+    from accountpool.relay import answers_whole
+
+    assert answers_whole(_admitted({"model": "m"}, stream=False))
+    assert not answers_whole(_admitted({"model": "m", "stream": True}, stream=True))
+    assert not answers_whole(_admitted(None, stream=False))  # GET listings, file downloads: streamed through
+
+
+async def test_buffered_responder_refuses_to_hold_more_than_its_limit():
+    from accountpool.relay import BufferedResponder
+
+    answer = BufferedResponder(limit=10)
+    await answer.start(200, [("content-type", "application/json")])
+    await answer.send(b"0123456789")
+    assert answer.committed and not answer.client_gone
+    await answer.send(b"x")
+    assert answer.client_gone and "larger than 10 bytes" in answer.gone_reason
+    whole = BufferedResponder()
+    await whole.whole(404, [], b"{}")
+    assert (whole.status, bytes(whole.body), whole.finished, whole.cut) == (404, b"{}", True, False)
+    whole.abort()
+    assert whole.cut

@@ -114,3 +114,26 @@ def test_client_leaving_mid_stream_stops_the_upstream_read(pool_env, sim):
         row = pool_env.wait_rows("select * from requests", 1)[0]
         assert row["outcome"] == "stream_interrupted" and "client" in row["failure_brief"]
         assert time.monotonic() - started < 4.0
+
+
+def test_a_non_streamed_answer_cut_midway_fails_over_and_the_flow_keeps_its_destination(pool_env, sim):
+    """A client that waits for one JSON answer gets it whole from the next account, never half of one."""
+    a = pool_env.add_key("a", KEY_A)
+    b = pool_env.add_key("b", KEY_B)
+    sim.script(KEY_A, [{"kind": "cut"}])  # headers and half the JSON body, then the connection drops
+    flows_path = pool_env.dir / "whole.mitm"
+    with Mitmdump(pool_env, extra_args=["-w", str(flows_path)]) as proxy, proxy.client() as client:
+        r = client.post("/v1/responses", json={"model": "gpt-5.5", "input": "hi"})
+        assert r.status_code == 200 and r.json()["status"] == "completed"
+        assert r.headers["x-accountpool-account"].startswith("b")
+        attempts = pool_env.wait_rows("select * from attempts order by n", 2)
+        assert [(x["account_id"], x["class"]) for x in attempts] == [(a, "upstream_error"), (b, "ok")]
+        row = pool_env.wait_rows("select * from requests", 1)[0]
+        assert (row["outcome"], row["attempts"], row["output_tokens"] > 0) == ("ok", 2, True)
+    from mitmproxy import io as mitm_io
+
+    with open(flows_path, "rb") as fh:
+        [flow] = list(mitm_io.FlowReader(fh).stream())
+    # Answered inside the addon, the flow shows where the client sent it (not the loopback relay).
+    assert (flow.request.host, flow.request.port) == ("127.0.0.1", int(sim.url.rsplit(":", 1)[1]))
+    assert flow.response.status_code == 200 and flow.comment.startswith("accountpool: served by b")

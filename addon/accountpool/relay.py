@@ -19,11 +19,11 @@ import secrets
 import time
 
 from .relay_server import RelayRequest, RelayServer, Responder
-from .router import Admitted, Router
+from .router import WHOLE_READ_LIMIT, Admitted, Router
 
 TICKET_HEADER = "x-accountpool-ticket"
 TICKET_TTL_S = 120.0
-BUFFERED_ANSWER_LIMIT = 64 * 1024 * 1024
+BUFFERED_ANSWER_LIMIT = WHOLE_READ_LIMIT
 """A whole answer larger than this is refused (502) rather than held in memory; stream it instead."""
 
 
@@ -34,6 +34,8 @@ def answers_whole(admitted: Admitted) -> bool:
 
 class BufferedResponder:
     """The router's responder for an answer the addon delivers itself, whole (see the module docstring)."""
+
+    streams = False
 
     def __init__(self, limit: int = BUFFERED_ANSWER_LIMIT) -> None:
         self.limit = limit

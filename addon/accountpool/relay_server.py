@@ -34,6 +34,8 @@ class RelayRequest:
 class Responder:
     """Writes one response; `committed` once the status line is sent (failover is over then)."""
 
+    streams = True
+
     def __init__(self, conn: h11.Connection, writer: asyncio.StreamWriter) -> None:
         self._conn = conn
         self._writer = writer

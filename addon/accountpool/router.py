@@ -36,6 +36,7 @@ log = logging.getLogger("accountpool.router")
 
 ERROR_BODY_LIMIT = 1024 * 1024
 HOLD_LIMIT = 256 * 1024
+WHOLE_READ_LIMIT = 64 * 1024 * 1024
 USAGE_REFRESH_S = 1.0
 USAGE_SCAN_LIMIT = 8 * 1024 * 1024
 
@@ -48,6 +49,8 @@ class ClientAnswer(Protocol):
     finished: bool
     client_gone: bool
     gone_reason: str
+    streams: bool
+    """False when the client gets the answer in one piece: then a body is read whole before commit."""
 
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None: ...
     async def send(self, data: bytes) -> None: ...
@@ -259,6 +262,10 @@ class Router:
             if whole and not watcher.saw_terminal:
                 raise self._fail(run, account, FailureClass.UPSTREAM_ERROR, "stream ended before its terminal event",
                                  status=200, ms=_ms(started), refreshed=refreshed)
+        elif watcher is None and not responder.streams:
+            # This client gets the answer whole anyway: read all of it before committing, so a cut fails over.
+            exhausted = await self._read_ahead(run, account, chunks, None, held, whole=True, started=started,
+                                               refreshed=refreshed)
         # Commit: from here on this account answers the client.
         self._attempt_row(run, account, response.status, FailureClass.OK, started, refreshed)
         run.account_id, run.status, run.outcome = account.id, response.status, FailureClass.OK
@@ -268,6 +275,8 @@ class Router:
             response.header_items(), account, admitted.request_id, len(run.attempts)))
         body_copy = bytearray() if watcher is None and shaper.wants_usage_scan else None
         for chunk in held:
+            if body_copy is not None and len(body_copy) < USAGE_SCAN_LIMIT:
+                body_copy += chunk
             await self._forward(run, responder, shaper.feed(chunk))
         try:
             if not exhausted:
@@ -283,7 +292,8 @@ class Router:
         except UpstreamError as exc:
             run.outcome = FailureClass.STREAM_INTERRUPTED
             run.brief = f"upstream stream cut after commit ({exc})"
-            tail = shaper.interrupted(run.brief)
+            # An event stream can end with an explicit error event; any other body can only be cut short.
+            tail = shaper.interrupted(run.brief) if is_sse else b""
             if tail:
                 await self._forward(run, responder, tail)
                 await responder.end()
@@ -307,9 +317,14 @@ class Router:
             run.outcome, run.brief = FailureClass.STREAM_INTERRUPTED, responder.gone_reason
         await responder.end()
 
-    async def _read_ahead(self, run: Run, account: Account, chunks: AsyncIterator[bytes], watcher: StreamWatcher,
-                          held: list[bytes], *, whole: bool, started: float, refreshed: bool) -> bool:
-        """Hold chunks back until content (or, `whole`, the end); True when the upstream body is exhausted."""
+    async def _read_ahead(self, run: Run, account: Account, chunks: AsyncIterator[bytes],
+                          watcher: StreamWatcher | None, held: list[bytes], *, whole: bool, started: float,
+                          refreshed: bool) -> bool:
+        """Hold chunks back until content (or, `whole`, the end); True when the upstream body is exhausted.
+
+        Without a watcher (not an event stream) `whole` is the only mode. Past WHOLE_READ_LIMIT bytes the
+        answer is committed as it is: a cut after that point can no longer fail over.
+        """
         size = 0
         while True:
             try:
@@ -320,13 +335,16 @@ class Router:
                 stage = "the answer was complete" if whole else "the first content event"
                 raise self._fail(run, account, FailureClass.UPSTREAM_ERROR, f"{exc} before {stage}",
                                  status=200, ms=_ms(started), refreshed=refreshed) from None
-            watcher.feed(chunk)
             held.append(chunk)
             size += len(chunk)
-            if watcher.inband_error is not None and (whole or not watcher.first_content_seen):
-                cls, brief = watcher.inband_error
-                raise self._fail(run, account, cls, brief, status=200, ms=_ms(started), refreshed=refreshed)
-            if not whole and (not watcher.only_metadata_seen or size > HOLD_LIMIT):
+            if watcher is not None:
+                watcher.feed(chunk)
+                if watcher.inband_error is not None and (whole or not watcher.first_content_seen):
+                    cls, brief = watcher.inband_error
+                    raise self._fail(run, account, cls, brief, status=200, ms=_ms(started), refreshed=refreshed)
+                if not whole and (not watcher.only_metadata_seen or size > HOLD_LIMIT):
+                    return False
+            if size > WHOLE_READ_LIMIT:
                 return False
 
     async def _forward(self, run: Run, responder: ClientAnswer, data: bytes) -> None:

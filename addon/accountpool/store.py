@@ -263,5 +263,9 @@ def record_audit(db: sqlite_utils.Database, *, actor: str, action: str, target: 
 
 
 def data_version(db: sqlite_utils.Database) -> int:
-    """Changes whenever another connection commits: the cheap "reload?" probe of SPEC §4."""
-    return db.execute("PRAGMA data_version").fetchone()[0]
+    """Changes whenever another connection commits: the cheap "reload?" probe of SPEC §4.
+
+    Probed before every request, so a change made elsewhere applies to the very next one. It reads
+    no table: in WAL mode it is a counter in the shared-memory index (~2 µs on the raw connection).
+    """
+    return db.conn.execute("PRAGMA data_version").fetchone()[0]
