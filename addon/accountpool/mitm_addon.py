@@ -213,8 +213,7 @@ class AccountPool:
                                     else 7 * 86_400)
         self.writer.start()
         self.client = UpstreamClient()
-        self.relay = Relay(Router(self.view, self.writer, self._router_config(), self.client),
-                           max_body=opts.pool_max_body)
+        self.relay = Relay(Router(self.view, self.writer, self._router_config(), self.client))
         _spawn(self.relay.start(), "accountpool-relay")
         if opts.pool_usage_sweep > 0:
             self.control_client = httpx.AsyncClient(trust_env=False, follow_redirects=False)

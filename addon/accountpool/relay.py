@@ -70,9 +70,9 @@ class BufferedResponder:
 
 
 class Relay:
-    def __init__(self, router: Router, *, max_body: int) -> None:
+    def __init__(self, router: Router) -> None:
         self.router = router
-        self._server = RelayServer(self.handle, max_body=max_body + 1024)
+        self._server = RelayServer(self.handle)
         self._tickets: dict[str, tuple[float, Admitted]] = {}
         self.ready = self._server.ready
 
