@@ -165,18 +165,13 @@ def start_bare(workdir: Path, sim_url: str, *, prefix: list[str] | None = None) 
 
 
 def start_addon(workdir: Path, sim_url: str, pool: PoolFiles, *, prefix: list[str] | None = None,
-                extra: list[str] | None = None, patches: str = "") -> Proxy:
-    """mitmdump -s the addon: client keys on (the default), metrics on (they always are).
-
-    `patches` (e.g. "nodelay,metrics_batch") loads `diag_patches.py` after the addon: candidate
-    fixes applied in memory, for measuring them; empty measures the addon as it is."""
+                extra: list[str] | None = None) -> Proxy:
+    """mitmdump -s the addon: client keys on (the default), metrics on (they always are)."""
     port = free_port()
     log = workdir / f"mitmdump-addon-{port}.log"
     args = [*(prefix or []), *mitmdump_args(port, sim_url, workdir / "conf"), "-s", str(ADDON),
             "--set", f"pool_db={pool.db}", "--set", f"pool_secrets={pool.secrets}", *(extra or [])]
-    if patches:
-        args += ["-s", str(HERE / "diag_patches.py")]
-    proc = Proc(args, log, env={"ACCOUNTPOOL_BENCH_PATCHES": patches})
+    proc = Proc(args, log)
     wait_for_port(port, proc.proc, log=log)
     return Proxy("addon", proc, port, f"Bearer {pool.client_key}")
 

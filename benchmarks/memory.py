@@ -28,7 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--kind", choices=("json", "sse"), default="json")
     p.add_argument("--max-minutes", type=float, default=30.0)
-    p.add_argument("--patch", default="", help="diagnostic addon patches (diag_patches.py)")
     args = p.parse_args(argv)
     if not 1_000 <= args.step <= args.requests <= 1_000_000:
         p.error("need 1000 <= --step <= --requests <= 1000000")
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     series: list[tuple[int, int]] = []
     with simulator(work) as sim:
         pool = make_pool(work, sim.url)
-        px = start_addon(work, sim.url, pool, patches=args.patch)
+        px = start_addon(work, sim.url, pool)
         try:
             series.append((0, rss_kib(px.pid)))
             print(f"       0 requests: RSS {series[-1][1] / 1024:7.1f} MiB (idle, after start)")

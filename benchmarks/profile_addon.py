@@ -6,8 +6,9 @@
 Samples the mitmdump process (all its threads, idle ones excluded) while `loadgen.py` drives it,
 writes the collapsed stacks and a flame graph to `benchmarks/out/`, and prints two views:
 *self* time by leaf module (where the CPU actually is) and *inclusive* time of the parts the
-issue names: mitmproxy itself, the relay hop (h11 + the loopback socket), httpx/httpcore to the
-upstream, the router and selection, the metrics writer, pool view refresh, SSE parsing.
+issue names: mitmproxy itself, the relay hop (aiohttp's low-level web server + the loopback
+socket), the aiohttp client to the upstream, the router and selection, the metrics writer, pool
+view refresh, SSE parsing.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from common import BIN, make_pool, run_loadgen, scratch_dir, simulator, start_ad
 # (label, substrings of a frame "function (file:line)"); first match on the stack wins for inclusive.
 INCLUSIVE = [
     ("addon hooks: requestheaders/request (_admit)", ("(accountpool/mitm_addon.py",)),
+    ("  BufferedResponder path (_answer_whole, non-streamed)", ("_answer_whole (accountpool/mitm_addon.py",)),
     ("pool_view.refresh (reload on data_version change)", ("refresh (accountpool/pool_view.py",)),
     ("router.serve (whole relay side, incl. below)", ("serve (accountpool/router.py",)),
     ("  router._phase (InflightUpdate dicts)", ("_phase (accountpool/router.py",)),
@@ -36,9 +38,10 @@ INCLUSIVE = [
     ("  selection.choose_candidates", ("(accountpool/selection.py",)),
     ("  response_shapers (plan + client headers)", ("(accountpool/response_shapers.py",)),
     ("  SSE watcher (sse_usage)", ("(accountpool/sse_usage.py",)),
-    ("  httpx/httpcore client (to upstream)", ("(httpx/", "(httpcore/")),
-    ("relay_server (h11 framing, loopback hop)", ("(accountpool/relay_server.py",)),
-    ("h11 (anywhere)", ("(h11/",)),
+    ("  upstream client (aiohttp, accountpool/upstream_client.py)",
+     ("(accountpool/upstream_client.py", "(aiohttp/client")),
+    ("relay_server (aiohttp web server, loopback hop)", ("(accountpool/relay_server.py", "(aiohttp/web_")),
+    ("aiohttp (anywhere)", ("(aiohttp/",)),
     ("metrics writer thread", ("(accountpool/metrics_writer.py",)),
     ("pydantic (anywhere)", ("(pydantic/", "(pydantic_core/")),
     ("sqlite3 / sqlite_utils (anywhere)", ("(sqlite_utils/", "sqlite3")),
@@ -69,7 +72,6 @@ STDLIB_DIRS = ("asyncio/", "selectors.py", "contextlib.py", "socket.py", "enum.p
                "threading.py", "functools.py", "ssl.py", "abc.py", "re/", "json/", "queue.py", "weakref",
                "collections/", "<frozen", "copy.py", "traceback.py", "linecache.py", "secrets.py", "base64.py",
                "urllib/", "email/", "http/client.py", "ipaddress.py", "hashlib.py", "random.py", "types.py")
-DIAG = "diag_patches.py"
 
 
 def owner(frames: list[str]) -> str:
@@ -81,11 +83,12 @@ def owner(frames: list[str]) -> str:
         if "(" not in f:
             continue
         path = f.rsplit("(", 1)[1].split(":")[0]
-        if any(d in path for d in STDLIB_DIRS) or DIAG in path:
+        if any(d in path for d in STDLIB_DIRS):
             continue
         if "accountpool/" in path:
             return "accountpool/" + path.rsplit("/", 1)[1]
-        for pkg in ("httpx", "httpcore", "anyio", "h11", "mitmproxy", "sqlite_utils", "pydantic", "sniffio"):
+        for pkg in ("aiohttp", "multidict", "yarl", "httpx", "httpcore", "anyio", "h11", "mitmproxy", "sqlite_utils",
+                    "pydantic", "sniffio"):
             if path.startswith(pkg + "/") or f"/{pkg}/" in path:
                 return {"httpcore": "httpx+httpcore+anyio", "httpx": "httpx+httpcore+anyio",
                         "anyio": "httpx+httpcore+anyio", "sniffio": "httpx+httpcore+anyio"}.get(pkg, pkg)
@@ -148,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nonblocking", action="store_true",
                    help="py-spy without pausing mitmdump (less overhead, but many stacks come out partial)")
     p.add_argument("--bare", action="store_true", help="profile bare mitmdump instead (for comparison)")
-    p.add_argument("--patch", default="", help="candidate fixes from diag_patches.py, e.g. nodelay,metrics_batch")
     p.add_argument("--analyse", type=Path, help="only print the analysis of an existing collapsed file")
     args = p.parse_args(argv)
     if args.analyse:
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     work = scratch_dir("profile-")
     with simulator(work) as sim:
         pool = make_pool(work, sim.url)
-        proxy = start_bare(work, sim.url) if args.bare else start_addon(work, sim.url, pool, patches=args.patch)
+        proxy = start_bare(work, sim.url) if args.bare else start_addon(work, sim.url, pool)
         try:
             run_loadgen(proxy.port, proxy.auth, kind=args.kind, concurrency=args.concurrency, duration=1.0,
                         warmup=0.5)  # warm: connections, imports, first reload

@@ -143,11 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per run (default 5)")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each run")
     p.add_argument("--rounds", type=int, default=2, help="alternations per scenario (default 2)")
-    p.add_argument("--concurrency", default="8,64")
+    p.add_argument("--concurrency", default="1,8,64",
+                   help="closed-loop clients per run; 1 shows the latency one request adds without queueing")
     p.add_argument("--kinds", default="json,sse")
-    p.add_argument("--patch", default="",
-                   help="diagnostic only: candidate addon fixes from diag_patches.py (e.g. nodelay,metrics_batch,"
-                        "quiet_httpcore); the default measures the addon as it is")
     p.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM column even if installed")
     args = p.parse_args(argv)
     if not 1 <= args.rounds <= 10 or not 0.5 <= args.duration <= 120:
@@ -158,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(f"machine: {info['nproc']} cores, {info['cpu']}, Python {info['python']}, mitmproxy {info['mitmproxy']}, "
           f"load average at start {info['loadavg_at_start']}")
-    print(f"scratch: {work}" + (f"\nDIAGNOSTIC PATCHES LOADED: {args.patch}" if args.patch else ""))
+    print(f"scratch: {work}")
     raw: dict[str, dict[str, list[dict]]] = {}
     with simulator(work) as sim, contextlib.ExitStack() as stack:
         pool = make_pool(work, sim.url)
-        proxies = [start_bare(work, sim.url), start_addon(work, sim.url, pool, patches=args.patch)]
+        proxies = [start_bare(work, sim.url), start_addon(work, sim.url, pool)]
         litellm = None if args.no_litellm else start_litellm(work, sim.url)
         if litellm is None and not args.no_litellm:
             print("litellm: not importable, LiteLLM column omitted")

@@ -84,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delay-ms", type=int, default=150)
     p.add_argument("--timeout", type=float, default=120.0, help="per read, seconds")
     p.add_argument("--bare", action="store_true", help="also run against bare mitmdump, for comparison")
-    p.add_argument("--patch", default="", help="diagnostic addon patches (diag_patches.py)")
     args = p.parse_args(argv)
     if not 1 <= args.streams <= 2000:
         p.error("--streams 1..2000")
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     with simulator(work) as sim:
         pool = make_pool(work, sim.url)
-        targets = [start_addon(work, sim.url, pool, patches=args.patch)]
+        targets = [start_addon(work, sim.url, pool)]
         if args.bare:
             targets.insert(0, start_bare(work, sim.url))
         try:
