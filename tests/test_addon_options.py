@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import openai
 import pytest
 from harness import Mitmdump, openai_client
@@ -68,3 +70,41 @@ def test_invalid_options_refuse_to_start(pool_env, options, listen_host, message
     code, output = Mitmdump(pool_env, options=options, listen_host=listen_host).run_to_exit()
     assert code != 0
     assert message in output
+
+
+def test_a_script_reload_frees_the_old_relay_and_keeps_serving(pool_env, sim):
+    """Editing the script makes mitmproxy reload it: the old addon's `done` closes its relay and sessions
+    (nothing left listening, nothing reported unclosed) and the new one serves at once."""
+    import re
+    import shutil
+    import socket
+    import time
+
+    from harness import ADDON, wait_until
+
+    pool_env.add_key("a", "sk-test-alpha-aaaaaaaaaaaaaaaaaaaa")
+    script = pool_env.dir / "accountpool_script.py"
+    shutil.copy(ADDON, script)
+    proxy = Mitmdump(pool_env)
+    proxy.args[proxy.args.index(str(ADDON))] = str(script)
+    body = {"model": "gpt-5.5", "input": "hi", "stream": True}
+
+    def relay_ports() -> list[str]:  # every loopback server mitmproxy connected to, but the simulator
+        sim_port = sim.url.rsplit(":", 1)[1]
+        return [p for p in re.findall(r"server connect 127\.0\.0\.1:(\d+)", proxy.log_text()) if p != sim_port]
+
+    with proxy, proxy.client() as client:
+        assert client.post("/v1/responses", json=body).status_code == 200
+        [old_port] = relay_ports()
+        later = time.time() + 5
+        os.utime(script, (later, later))  # mitmproxy polls the script's mtime once a second
+        wait_until(lambda: proxy.log_text().count("Loading script") >= 2, timeout=15)
+        for stream in (True, False):
+            r = client.post("/v1/responses", json={**body, "stream": stream}, headers={"connection": "close"})
+            assert r.status_code == 200 and r.headers["x-accountpool-account"] == "a (...aaaa)"
+        new_port = relay_ports()[-1]
+        assert new_port != old_port
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", int(old_port)), timeout=2).close()
+    log = proxy.log_text()  # after a clean shutdown too: the second addon's `done` ran at exit
+    assert "Unclosed" not in log and "Traceback" not in log, log

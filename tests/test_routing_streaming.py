@@ -116,7 +116,7 @@ def test_client_leaving_mid_stream_stops_the_upstream_read(pool_env, sim):
         assert time.monotonic() - started < 4.0
 
 
-def test_a_non_streamed_answer_cut_midway_fails_over_and_the_flow_keeps_its_destination(pool_env, sim):
+def test_a_non_streamed_answer_cut_midway_fails_over_and_flows_keep_their_destination(pool_env, sim):
     """A client that waits for one JSON answer gets it whole from the next account, never half of one."""
     a = pool_env.add_key("a", KEY_A)
     b = pool_env.add_key("b", KEY_B)
@@ -130,10 +130,15 @@ def test_a_non_streamed_answer_cut_midway_fails_over_and_the_flow_keeps_its_dest
         assert [(x["account_id"], x["class"]) for x in attempts] == [(a, "upstream_error"), (b, "ok")]
         row = pool_env.wait_rows("select * from requests", 1)[0]
         assert (row["outcome"], row["attempts"], row["output_tokens"] > 0) == ("ok", 2, True)
+        streamed = client.post("/v1/responses", json={"model": "gpt-5.5", "input": "hi", "stream": True})
+        assert streamed.status_code == 200
     from mitmproxy import io as mitm_io
 
     with open(flows_path, "rb") as fh:
-        [flow] = list(mitm_io.FlowReader(fh).stream())
-    # Answered inside the addon, the flow shows where the client sent it (not the loopback relay).
-    assert (flow.request.host, flow.request.port) == ("127.0.0.1", int(sim.url.rsplit(":", 1)[1]))
-    assert flow.response.status_code == 200 and flow.comment.startswith("accountpool: served by b")
+        whole, stream = list(mitm_io.FlowReader(fh).stream())
+    # Both flows show where the client sent them, not the loopback relay (which served the streamed one).
+    sim_port = int(sim.url.rsplit(":", 1)[1])
+    for flow in (whole, stream):
+        assert (flow.request.host, flow.request.port) == ("127.0.0.1", sim_port), flow.request.url
+        assert flow.response.status_code == 200
+    assert whole.comment.startswith("accountpool: served by b") and stream.comment.startswith("accountpool: served by")

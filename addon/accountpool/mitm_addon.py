@@ -229,21 +229,27 @@ class AccountPool:
                             hold_metadata_events=opts.pool_hold_metadata_events,
                             connect_timeout_s=opts.pool_connect_timeout, header_timeout_s=opts.pool_header_timeout)
 
-    def done(self) -> None:
+    def done(self) -> asyncio.Task | None:
+        """Stop the writer (drains it) and close the relay and the HTTP sessions.
+
+        A plain function, because a script reload calls `done` synchronously; the closing runs in a
+        task that it returns. mitmproxy awaits an awaitable a hook returns (`invoke_addon`), so at
+        shutdown the loop does not stop before the sockets and sessions are closed, and on a reload
+        the task runs on while the new addon starts with its own relay."""
+        task = None
         if self.relay is not None:
-            # A script reload builds a new addon with its own relay: free the old port and sockets.
-            relay, clients = self.relay, (self.client, self.control_client)
-            self.relay = self.client = self.control_client = None
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
                 pass
             else:
-                _spawn(_close(relay, *clients), "accountpool-relay-stop")
+                task = _spawn(_close(self.relay, self.client, self.control_client), "accountpool-close")
+        self.relay = self.client = self.control_client = None
         if self.writer is not None:
             self.writer.stop()
         if self.view is not None:
             self.view.close()
+        return task
 
     # ------------------------------------------------------------ hooks
 
@@ -303,10 +309,14 @@ class AccountPool:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get(POOLED) and flow.response is not None:
             flow.response.stream = True
-            self._comment_served_by(flow)
+            self._show_as_sent(flow)
 
     @staticmethod
-    def _comment_served_by(flow: http.HTTPFlow) -> None:
+    def _show_as_sent(flow: http.HTTPFlow) -> None:
+        """For mitmweb and flow files: the URL the client used (the relay is an internal detail; the
+        request has left for it already) and, in the comment, the account that served."""
+        if destination := flow.metadata.get(DESTINATION):
+            flow.request.scheme, flow.request.host, flow.request.port = destination
         served_by = flow.response.headers.get("x-accountpool-account") if flow.response else None
         if served_by:
             flow.comment = f"accountpool: served by {served_by}"
@@ -381,22 +391,13 @@ class AccountPool:
         try:
             await self.relay.router.serve(admitted, answer)
         except Exception:
-            # The router has recorded the request (outcome internal_error); the client gets a clear 500.
+            # The router has recorded the request (outcome internal_error); the client gets a clear error.
             log.exception("accountpool: routing %s failed", admitted.request_id)
-            answer.cut = True
-        if answer.cut or not answer.committed or answer.client_gone:
-            reason = answer.gone_reason if answer.client_gone else "the upstream answer was cut off" \
-                if answer.committed else "internal routing error"
-            error = errors.openai_error(502 if answer.committed else 500, f"accountpool: {reason}",
-                                        type="server_error", code="accountpool_incomplete_answer",
-                                        outcome=errors.FailureClass.STREAM_INTERRUPTED)
-            flow.response = http.Response.make(error.status, error.body, dict(error.headers))
-        else:
-            flow.response = http.Response.make(answer.status, bytes(answer.body), [
-                (k.encode("latin-1", "replace"), v.encode("utf-8", "replace")) for k, v in answer.headers])
-        # Answered here, the flow shows where the client sent it, not the relay (which it never reached).
-        flow.request.scheme, flow.request.host, flow.request.port = flow.metadata[DESTINATION]
-        self._comment_served_by(flow)
+            answer.abort()
+        status, headers, body = answer.result()
+        flow.response = http.Response.make(status, body, [
+            (k.encode("latin-1", "replace"), v.encode("utf-8", "replace")) for k, v in headers])
+        self._show_as_sent(flow)
 
     def _authenticate(self, flow: http.HTTPFlow, now: float) -> tuple[str | None, str | None]:
         assert self.view is not None
@@ -440,11 +441,10 @@ class AccountPool:
 _KEEP_REF = "keep_ref" in create_task.__code__.co_varnames
 
 
-def _spawn(coro: Any, name: str) -> None:
+def _spawn(coro: Any, name: str) -> asyncio.Task:
     if _KEEP_REF:
-        create_task(coro, name=name, keep_ref=True)
-    else:
-        create_task(coro, name=name)
+        return create_task(coro, name=name, keep_ref=True)
+    return create_task(coro, name=name)
 
 
 async def _close(relay: Relay, client: UpstreamClient | None, control_client: httpx.AsyncClient | None) -> None:
@@ -453,4 +453,5 @@ async def _close(relay: Relay, client: UpstreamClient | None, control_client: ht
         await client.close()
     if control_client is not None:
         await control_client.aclose()
+
 os.environ.setdefault("ACCOUNTPOOL_ADDON", "1")

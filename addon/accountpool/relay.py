@@ -18,6 +18,8 @@ import json
 import secrets
 import time
 
+from . import errors
+from .models import FailureClass
 from .relay_server import RelayRequest, RelayServer, Responder
 from .router import WHOLE_READ_LIMIT, Admitted, Router
 
@@ -67,6 +69,20 @@ class BufferedResponder:
 
     def abort(self) -> None:
         self.finished = self.cut = True
+
+    def result(self) -> tuple[int, list[tuple[str, str]], bytes]:
+        """What the client gets: the whole answer, or an OpenAI-shaped error saying why there is none."""
+        if self.committed and not self.cut and not self.client_gone:
+            return self.status, self.headers, bytes(self.body)
+        if self.client_gone:
+            status, reason = 502, self.gone_reason
+        elif self.committed:
+            status, reason = 502, "the upstream answer was cut off"
+        else:
+            status, reason = 500, "internal routing error; the request was not answered"
+        error = errors.openai_error(status, f"accountpool: {reason}", type="server_error",
+                                    code="accountpool_incomplete_answer", outcome=FailureClass.STREAM_INTERRUPTED)
+        return error.status, list(error.headers), error.body
 
 
 class Relay:

@@ -97,8 +97,8 @@ class UpstreamClient:
 
     async def close(self) -> None:
         if self._session is not None:
-            await self._session.close()
-            self._session = None
+            session, self._session = self._session, None
+            await session.close()
 
 
 def _describe(exc: BaseException) -> str:
