@@ -207,6 +207,27 @@ def test_a_running_stream_is_visible_in_inflight(env: Env) -> None:
     assert env.row(request_id(r))["stream_ms"] >= 1000  # ten deltas, 200 ms apart
 
 
+def test_only_requests_still_running_after_a_moment_touch_inflight(pool_env: Pool) -> None:
+    """Quick requests cost the writer one `requests` row, no `inflight` insert/update/delete. The writer
+    flushes every 2 ms here, so it is the router that keeps them out, not batches coalescing them."""
+    pool_env.add_key("a", "sk-test-alpha-aaaaaaaaaaaaaaaaaaaa")
+    with sqlite3.connect(pool_env.db_path) as db:
+        db.executescript("""
+            CREATE TABLE test_inflight_seen (request_id TEXT);
+            CREATE TRIGGER test_inflight_seen AFTER INSERT ON inflight
+            BEGIN INSERT INTO test_inflight_seen VALUES (new.request_id); END;""")
+    with Mitmdump(pool_env, options={"pool_metrics_flush_ms": 2}) as proxy, proxy.client() as client:
+        quick = [client.post("/v1/responses", json={"model": "gpt-5.5", "input": f"quick {i}", "stream": i % 2 == 0},
+                             headers={"x-sim-deltas": "4", "x-sim-delta-delay-ms": "5"}) for i in range(10)]
+        slow = client.post("/v1/responses", json={"model": "gpt-5.5", "input": "slow", "stream": True},
+                           headers={"x-sim-deltas": "4", "x-sim-delta-delay-ms": "250"})
+        assert all(r.status_code == 200 for r in [*quick, slow])
+        pool_env.wait_rows("select id from requests", len(quick) + 1)
+    seen = {row["request_id"] for row in pool_env.query("select request_id from test_inflight_seen")}
+    assert request_id(slow) in seen
+    assert seen.isdisjoint(request_id(r) for r in quick)
+
+
 # ---------------------------------------------------------------- a locked database
 
 

@@ -160,8 +160,14 @@ class MetricsWriter:
             self._flushed.notify_all()
 
     def _collect(self, pending: list[Op]) -> bool:
-        """Gather ops for one flush interval; True once stop was requested (everything is then taken)."""
-        stop = self._stopping.wait(self.flush_interval)
+        """Gather ops for one flush interval; True once stop was requested (everything is then taken).
+
+        With a full batch already waiting it does not wait: the interval bounds how often a quiet proxy
+        writes, it must not cap the rate (MAX_BATCH per interval) below what a busy one produces."""
+        if len(self._ops) + len(pending) >= MAX_BATCH:
+            stop = self._stopping.is_set()
+        else:
+            stop = self._stopping.wait(self.flush_interval)
         ops = self._ops
         while ops and (stop or len(pending) < MAX_BATCH):
             pending.append(ops.popleft())

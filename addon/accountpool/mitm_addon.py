@@ -40,6 +40,7 @@ log = logging.getLogger("accountpool")
 
 POOLED = "accountpool.pooled"
 DESTINATION = "accountpool.destination"
+INFLIGHT_CHECK_S = 0.1
 CLIENT_KEY_HEADERS = ("authorization", "x-api-key", "api-key")
 SESSION_HEADERS = ("session_id", "x-session-id", "conversation-id", "conversation_id")
 FAILED_AUTH_WINDOW_S = 60.0
@@ -159,6 +160,7 @@ class AccountPool:
         self.sweeper: UsageSweeper | None = None
         self.client: UpstreamClient | None = None
         self.control_client: httpx.AsyncClient | None = None
+        self._publisher: asyncio.Task | None = None
         self.throttle = FailedAuthThrottle()
         self._client_keys: dict[str, str | None] = {}
         self._connect_keys: dict[str, str] = {}
@@ -215,6 +217,7 @@ class AccountPool:
         self.client = UpstreamClient()
         self.relay = Relay(Router(self.view, self.writer, self._router_config(), self.client))
         _spawn(self.relay.start(), "accountpool-relay")
+        self._publisher = _spawn(self.relay.router.publish_inflight_every(INFLIGHT_CHECK_S), "accountpool-inflight")
         if opts.pool_usage_sweep > 0:
             self.control_client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
             self.sweeper = UsageSweeper(self.view, self.writer, self.control_client, url=opts.pool_usage_url,
@@ -237,6 +240,9 @@ class AccountPool:
         shutdown the loop does not stop before the sockets and sessions are closed, and on a reload
         the task runs on while the new addon starts with its own relay."""
         task = None
+        if self._publisher is not None:
+            self._publisher.cancel()
+            self._publisher = None
         if self.relay is not None:
             try:
                 asyncio.get_running_loop()

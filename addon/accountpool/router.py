@@ -39,6 +39,8 @@ HOLD_LIMIT = 256 * 1024
 WHOLE_READ_LIMIT = 64 * 1024 * 1024
 USAGE_REFRESH_S = 1.0
 USAGE_SCAN_LIMIT = 8 * 1024 * 1024
+INFLIGHT_AFTER_S = 0.2
+"""A request appears in `inflight` (the dashboard's "in flight" list) once it has run this long."""
 
 
 class ClientAnswer(Protocol):
@@ -103,6 +105,10 @@ class Run:
     headers_at: float | None = None
     first_chunk_at: float | None = None
     usage: TokenUsage | None = None
+    phase: str = "received"
+    phase_account_id: str | None = None
+    published: bool = False
+    """Whether `inflight` holds a row for this request (see Router.publish_inflight)."""
 
     def ms_since_start(self, t: float | None) -> float | None:
         return round((t - self.admitted.t0) * 1000, 2) if t is not None else None
@@ -122,12 +128,29 @@ class Router:
         self.config = config
         self.client = client
         self._refresh_locks: dict[str, asyncio.Lock] = {}
+        self._running: dict[str, Run] = {}
+
+    async def publish_inflight_every(self, interval_s: float) -> None:
+        """The loop that makes long requests visible in `inflight` (runs for the proxy's lifetime)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            self.publish_inflight(time.monotonic())
+
+    def publish_inflight(self, now: float) -> None:
+        """Requests running for INFLIGHT_AFTER_S or more get their `inflight` row.
+
+        Most requests end well before that: they cost the writer one row (`requests`) instead of an
+        insert, two updates and a delete of a row nobody could have seen on the dashboard anyway."""
+        for run in self._running.values():
+            if not run.published and now - run.admitted.t0 >= INFLIGHT_AFTER_S:
+                run.published = True
+                self._submit_phase(run)
 
     # ------------------------------------------------------------ one request
 
     async def serve(self, admitted: Admitted, responder: ClientAnswer) -> None:
         run = Run(admitted)
-        self._phase(run, "received", None)
+        self._running[admitted.request_id] = run
         failures = FailureLog()
         tried: set[str] = set()
         skipped = None
@@ -438,17 +461,25 @@ class Router:
                              "refreshed": int(refreshed), "started_at": time.time() - _ms(started) / 1000})
 
     def _phase(self, run: Run, phase: str, account_id: str | None) -> None:
+        run.phase, run.phase_account_id = phase, account_id
+        if run.published:
+            self._submit_phase(run)
+
+    def _submit_phase(self, run: Run) -> None:
         a = run.admitted
         self.writer.submit(InflightUpdate(a.request_id, {
             "request_id": a.request_id, "started_at": a.started_at, "updated_at": time.time(), "pid": _PID,
             "client_key_label": a.client_label, "method": a.method, "endpoint": a.endpoint, "model": a.model,
-            "stream": int(a.stream), "account_id": account_id, "attempts": len(run.attempts), "phase": phase}))
+            "stream": int(a.stream), "account_id": run.phase_account_id, "attempts": len(run.attempts),
+            "phase": run.phase}))
 
     def _record(self, run: Run) -> None:
         a = run.admitted
         end = time.monotonic()
         usage = run.usage or TokenUsage()
-        self.writer.submit(InflightUpdate(a.request_id, None))
+        self._running.pop(a.request_id, None)
+        if run.published:
+            self.writer.submit(InflightUpdate(a.request_id, None))
         self.writer.submit(RequestRecord(row={
             "id": a.request_id, "started_at": a.started_at, "finished_at": a.started_at + (end - a.t0),
             "client_key_label": a.client_label, "method": a.method, "endpoint": a.endpoint, "model": a.model,
