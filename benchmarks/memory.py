@@ -12,6 +12,7 @@ Bounded: every step has a time limit, and the whole run stops at `--max-minutes`
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine, make_pool, rss_kib, run_loadgen, scratch_dir, simulator, start_addon
+
+
+def rows_written(db: Path) -> int:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        return conn.execute("select count(*) from requests").fetchone()[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(1.0)  # let the metrics writer drain its batch
                 series.append((done, rss_kib(px.pid)))
                 bad = r["non200"] + sum(r["errors"].values())
+                # A writer that falls behind shows as memory growth here: the rows say whether it kept up.
+                rows = rows_written(pool.db)
                 print(f"{done:8d} requests: RSS {series[-1][1] / 1024:7.1f} MiB  ({r['rps']:.0f} req/s, "
-                      f"{time.monotonic() - t0:.0f} s, non-200/errors {bad})", flush=True)
+                      f"{time.monotonic() - t0:.0f} s, non-200/errors {bad}, metrics rows {rows})", flush=True)
         finally:
             px.proc.stop()
     base = next(((n, kib) for n, kib in series if n >= 10_000), None)
