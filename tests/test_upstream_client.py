@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from accountpool.local_ports import free_port
@@ -21,10 +21,10 @@ KEY = "sk-proj-upstream-client-test-0000wxyz"
 
 
 @pytest.fixture
-def sim() -> Iterator[SimulatedUpstream]:
-    with SimulatedUpstream() as upstream:
-        upstream.add_api_key(KEY)
-        yield upstream
+def sim(sim: SimulatedUpstream) -> SimulatedUpstream:
+    """conftest's simulated upstream, knowing KEY."""
+    sim.add_api_key(KEY)
+    return sim
 
 
 @pytest.fixture
