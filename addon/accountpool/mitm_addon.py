@@ -322,7 +322,8 @@ class AccountPool:
         """For mitmweb and flow files: the URL the client used (the relay is an internal detail; the
         request has left for it already) and, in the comment, the account that served."""
         if destination := flow.metadata.get(DESTINATION):
-            flow.request.scheme, flow.request.host, flow.request.port = destination
+            scheme, flow.request.data.host, flow.request.data.port = destination
+            flow.request.data.scheme = scheme.encode()
         served_by = flow.response.headers.get("x-accountpool-account") if flow.response else None
         if served_by:
             flow.comment = f"accountpool: served by {served_by}"
@@ -339,9 +340,11 @@ class AccountPool:
         if self.relay is None:
             flow.kill()
             return
-        req = flow.request
-        flow.metadata[DESTINATION] = (req.scheme, req.host, req.port)
-        req.scheme, req.host, req.port = "http", "127.0.0.1", self.relay.port
+        # On `data`, not through the `host` property: that would also rewrite the Host header (twice per
+        # request, with the way back) for a relay that ignores it; the client's Host header stays as sent.
+        data = flow.request.data
+        flow.metadata[DESTINATION] = (flow.request.scheme, data.host, data.port)
+        data.scheme, data.host, data.port = b"http", "127.0.0.1", self.relay.port
 
     def _in_scope(self, flow: http.HTTPFlow) -> bool:
         path = flow.request.path

@@ -102,15 +102,16 @@ def _codex_window(h: Mapping[str, str], prefix: str, now: float) -> UsageWindow 
 
 def _ratelimit(h: Mapping[str, str]) -> RateLimitObservation | None:
     p = RATELIMIT_PREFIX
-    obs = RateLimitObservation(
-        limit_requests=_non_negative_int(h.get(p + "limit-requests")),
-        remaining_requests=_non_negative_int(h.get(p + "remaining-requests")),
-        reset_requests_s=parse_duration_s(h.get(p + "reset-requests")),
-        limit_tokens=_non_negative_int(h.get(p + "limit-tokens")),
-        remaining_tokens=_non_negative_int(h.get(p + "remaining-tokens")),
-        reset_tokens_s=parse_duration_s(h.get(p + "reset-tokens")),
-    )
-    return obs if any(v is not None for v in obs.model_dump().values()) else None
+    values = {
+        "limit_requests": _non_negative_int(h.get(p + "limit-requests")),
+        "remaining_requests": _non_negative_int(h.get(p + "remaining-requests")),
+        "reset_requests_s": parse_duration_s(h.get(p + "reset-requests")),
+        "limit_tokens": _non_negative_int(h.get(p + "limit-tokens")),
+        "remaining_tokens": _non_negative_int(h.get(p + "remaining-tokens")),
+        "reset_tokens_s": parse_duration_s(h.get(p + "reset-tokens")),
+    }
+    # Checked before building the model: this runs for every upstream answer.
+    return RateLimitObservation(**values) if any(v is not None for v in values.values()) else None
 
 
 def parse_usage_headers(headers: Mapping[str, str], now: float) -> UsageObservation | None:
