@@ -3,8 +3,8 @@
 Streamed requests go through the relay's loopback hop, so mitmproxy streams the answer on to
 the client chunk by chunk. A request whose client waits for one whole JSON answer anyway
 (`stream` not set) needs no hop: the addon runs the router inside its `request` hook with a
-`BufferedResponder` and sets `flow.response` itself (`answers_whole`). Measured, that saves
-mitmproxy's server-side half and the relay's framing: about a third of the CPU per request.
+`BufferedResponder` and sets `flow.response` itself (`answers_whole`). That skips mitmproxy's
+server-side half and the relay's framing for those requests (figures in benchmarks/README.md).
 
 A ticket is a single-use random token the addon puts on the flow it points here; it carries
 the admitted request (client identity, parsed body) across the loopback hop without putting
