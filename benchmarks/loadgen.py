@@ -94,11 +94,7 @@ class Client(asyncio.Protocol):
                 if self.remaining == 0:
                     self._done(now)
             elif state == 1:
-                take = min(self.remaining, n - pos)
-                if take and not res.first_body:
-                    res.first_body = now
-                self.remaining -= take
-                pos += take
+                pos = self._take_body(pos, n, now)
                 if self.remaining == 0:
                     self._done(now)
             elif state == 2:
@@ -112,11 +108,7 @@ class Client(asyncio.Protocol):
                 else:
                     self.remaining, self.state = size, 3
             elif state == 3:
-                take = min(self.remaining, n - pos)
-                if take and not res.first_body:
-                    res.first_body = now
-                self.remaining -= take
-                pos += take
+                pos = self._take_body(pos, n, now)
                 if self.remaining == 0:
                     self.state = 4
             elif state == 4:
@@ -133,6 +125,14 @@ class Client(asyncio.Protocol):
                 if line_empty:
                     self._done(now)
         del buf[:pos]
+
+    def _take_body(self, pos: int, n: int, now: float) -> int:
+        """Consume up to `remaining` body bytes (content-length body or one chunk); the new position."""
+        take = min(self.remaining, n - pos)
+        if take and not self.res.first_body:
+            self.res.first_body = now
+        self.remaining -= take
+        return pos + take
 
     def _done(self, now: float) -> None:
         self.state = -1

@@ -23,6 +23,18 @@ def ask(client, **extra) -> str:
     return served_by(r)
 
 
+def two_logins_a_less_used(pool_env, sim, *, a_reports: float) -> str:
+    """Logins a and b, known at 10 % and 20 % weekly use; a's next answer reports `a_reports` %, b's 20 %.
+    Returns a's id."""
+    a = pool_env.add_login("a", "acct-a")
+    b = pool_env.add_login("b", "acct-b")
+    seed_health(pool_env, a, secondary={"used_percent": 10.0, "reset_at": time.time() + 86_400})
+    seed_health(pool_env, b, secondary={"used_percent": 20.0, "reset_at": time.time() + 86_400})
+    sim.set_usage("acct-a", secondary_used_percent=a_reports)
+    sim.set_usage("acct-b", secondary_used_percent=20.0)
+    return a
+
+
 def test_paid_before_free(pool_env, sim):
     pool_env.add_key("a-free", KEY_A, plan="free")
     pool_env.add_key("b-paid", KEY_B, plan="paid")
@@ -38,12 +50,7 @@ def test_paid_before_free(pool_env, sim):
 
 
 def test_lower_usage_first_and_usage_headers_update_the_order(pool_env, sim):
-    a = pool_env.add_login("a", "acct-a")
-    b = pool_env.add_login("b", "acct-b")
-    seed_health(pool_env, a, secondary={"used_percent": 10.0, "reset_at": time.time() + 86_400})
-    seed_health(pool_env, b, secondary={"used_percent": 20.0, "reset_at": time.time() + 86_400})
-    sim.set_usage("acct-a", secondary_used_percent=35.0)
-    sim.set_usage("acct-b", secondary_used_percent=20.0)
+    a = two_logins_a_less_used(pool_env, sim, a_reports=35.0)
     with Mitmdump(pool_env) as proxy, proxy.client() as client:
         assert ask(client, body={"stream": True}) == "a"  # 10 % < 20 %
         # That answer's x-codex-* headers said 35 %: b is the less used one now.
@@ -82,12 +89,7 @@ def test_sequential_sticks_until_threshold_and_survives_restart(pool_env, sim):
 
 
 def test_affinity_keeps_a_conversation_on_one_account(pool_env, sim):
-    a = pool_env.add_login("a", "acct-a")
-    b = pool_env.add_login("b", "acct-b")
-    seed_health(pool_env, a, secondary={"used_percent": 10.0, "reset_at": time.time() + 86_400})
-    seed_health(pool_env, b, secondary={"used_percent": 20.0, "reset_at": time.time() + 86_400})
-    sim.set_usage("acct-a", secondary_used_percent=50.0)
-    sim.set_usage("acct-b", secondary_used_percent=20.0)
+    two_logins_a_less_used(pool_env, sim, a_reports=50.0)
     with Mitmdump(pool_env) as proxy, proxy.client() as client:
         assert ask(client, body={"prompt_cache_key": "conv-1"}) == "a"
         assert ask(client, headers={"session_id": "sess-9"}) == "b"  # a reported 50 % since

@@ -25,8 +25,6 @@ from .router import WHOLE_READ_LIMIT, Admitted, Router
 
 TICKET_HEADER = "x-accountpool-ticket"
 TICKET_TTL_S = 120.0
-BUFFERED_ANSWER_LIMIT = WHOLE_READ_LIMIT
-"""A whole answer larger than this is refused (502) rather than held in memory; stream it instead."""
 
 
 def answers_whole(admitted: Admitted) -> bool:
@@ -39,7 +37,8 @@ class BufferedResponder:
 
     streams = False
 
-    def __init__(self, limit: int = BUFFERED_ANSWER_LIMIT) -> None:
+    def __init__(self, limit: int = WHOLE_READ_LIMIT) -> None:
+        """`limit`: a whole answer larger than this is refused (502) rather than held; stream it instead."""
         self.limit = limit
         self.status = 0
         self.headers: list[tuple[str, str]] = []
