@@ -8,16 +8,8 @@ import json
 import pytest
 from accountpool import schema
 from accountpool.addon_options import is_loopback
-from accountpool.mitm_addon import (
-    POOLED,
-    AccountPool,
-    BadRequest,
-    FailedAuthThrottle,
-    bearer_value,
-    parse_body,
-    proxy_auth_key,
-    session_key,
-)
+from accountpool.client_auth import bearer_value, proxy_auth_key
+from accountpool.mitm_addon import POOLED, AccountPool, BadRequest, parse_body, session_key
 from accountpool.secrets_store import SecretsStore
 from mitmproxy import exceptions, http
 from mitmproxy.flow import Error
@@ -85,16 +77,6 @@ def test_is_loopback():
     assert is_loopback("127.8.9.10")
     assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("192.168.1.2")
     assert not is_loopback("example.com")
-
-
-def test_failed_auth_throttle():
-    t = FailedAuthThrottle(limit=3, window_s=10)
-    for i in range(3):
-        assert not t.blocked("1.2.3.4", 100 + i)
-        t.failed("1.2.3.4", 100 + i)
-    assert t.blocked("1.2.3.4", 103)
-    assert not t.blocked("5.6.7.8", 103)  # per source
-    assert not t.blocked("1.2.3.4", 111)  # the window slides: the first failure expired
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """Regular proxy mode with mitmproxy's CA trusted by the client, and what is not pooled (SPEC §3).
 
 No test may reach the real OpenAI or ChatGPT hosts: the pooled hosts are served by the relay
-(the flow is pointed at it before mitmproxy connects anywhere, and `connection_strategy=lazy`
-keeps mitmproxy from opening an upstream connection for the CONNECT itself), and the
+(the flow is pointed at it before mitmproxy connects anywhere, and the addon sets
+`connection_strategy=lazy`, which keeps mitmproxy from opening an upstream connection for the CONNECT itself), and the
 simulator's request log proves where each request went.
 """
 
@@ -16,7 +16,7 @@ import openai
 from harness import Mitmdump, sse_events
 
 KEY_A = "sk-test-alpha-aaaaaaaaaaaaaaaaaaaa"
-REGULAR = {"pool_upstream_hosts": "api.openai.com,chatgpt.com", "connection_strategy": "lazy"}
+REGULAR = {"pool_upstream_hosts": "api.openai.com,chatgpt.com"}  # the addon makes connections lazy itself
 
 
 def regular_client(proxy: Mitmdump, *, proxy_url: str | None = None, **kw) -> httpx.Client:
@@ -89,15 +89,13 @@ def test_regular_mode_other_hosts_pass_through_untouched(pool_env, sim):
         assert q["auth"] == f"Bearer {KEY_A}" and q["headers"]["x-custom"] == "kept"
 
 
-def test_reverse_mode_non_v1_paths_pass_through_untouched(pool_env, sim):
+def test_the_addon_makes_connections_lazy(pool_env, sim):
+    """Without `connection_strategy=lazy` on the command line, the addon sets it: mitmproxy never connects to a
+    reverse target (here one that cannot be resolved) before a request is seen. tests/test_readme_commands.py
+    runs the README's own commands."""
     pool_env.add_key("a", KEY_A)
-    with Mitmdump(pool_env) as proxy, httpx.Client(base_url=proxy.url, trust_env=False) as client:
-        r = client.get("/health?x=1", headers={"authorization": "Bearer anything", "x-custom": "kept"})
-        assert r.status_code == 404  # the simulator's own answer, not the addon's
-        assert "x-accountpool-account" not in r.headers and "Invalid URL" in r.text
-        [q] = sim.requests()
-        assert (q["path"], q["query"], q["auth"], q["headers"]["x-custom"]) == (
-            "/health", "x=1", "Bearer anything", "kept")
-        # /v1 itself and /v1/… are pooled: without a client key they are refused.
-        assert client.get("/v1/models").status_code == 401
-        assert len(sim.requests()) == 1
+    with Mitmdump(pool_env, mode="reverse:https://api.openai.invalid") as proxy, proxy.client() as client:
+        r = client.post("/v1/responses", json={"model": "gpt-5.5", "input": "hi"})
+        assert r.status_code == 200, r.text
+    assert "setting connection_strategy=lazy" in proxy.log_text()
+    assert "api.openai.invalid" not in "".join(re.findall(r"server connect \S+", proxy.log_text()))

@@ -61,7 +61,9 @@ def test_all_accounts_limited_answers_429_with_earliest_retry_after(pool_env, si
         assert r2.status_code == 429 and len(sim.requests()) == before
         assert 18 <= int(r2.headers["retry-after"]) <= 25
         message = r2.json()["error"]["message"]
-        assert "2 rate_limited (cooling down), 1 quota_exceeded (cooling down)" in message, message
+        assert "(2 rate_limited, 1 quota_exceeded)" in message, message
+        assert '"work" rate_limited, back in' in message and '"spare" quota_exceeded, back in' in message, message
+        assert "try again" not in message.lower()  # the pool's words, not the upstream's stale ones
         # The SDK raises its own RateLimitError for it.
         with pytest.raises(openai.RateLimitError):
             openai_client(proxy).responses.create(model="gpt-5.5", input="hi")

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .human_time import duration
 from .models import LIMIT_CLASSES, FailureClass, SkipReason
 
 
@@ -53,12 +54,12 @@ def internal_error(message: str) -> ErrorAnswer:
 class FailureLog:
     """What went wrong across the attempts of one client request, for the final answer."""
 
-    failures: list[tuple[str, FailureClass, str]] = field(default_factory=list)
-    """(account display name, class, brief) per failed attempt."""
+    failures: list[tuple[str, FailureClass, str, float | None]] = field(default_factory=list)
+    """(account display name, class, brief, cooldown end) per failed attempt."""
     cooldown_ends: list[float] = field(default_factory=list)
 
     def add(self, account: str, cls: FailureClass, brief: str, cooldown_until: float | None) -> None:
-        self.failures.append((account, cls, brief))
+        self.failures.append((account, cls, brief, cooldown_until))
         if cooldown_until:
             self.cooldown_ends.append(cooldown_until)
 
@@ -66,21 +67,57 @@ class FailureLog:
 LIMIT_SKIPS = frozenset({"cooldown", "model_cooldown", "usage_exhausted"})
 NEUTRAL_SKIPS = frozenset({"disabled", "endpoint", "not_pinned"})
 """Skips that say nothing about why the pool cannot answer now (they do not turn a 429 into a 503)."""
+MAX_LISTED_ACCOUNTS = 8
+"""A pool of fifty accounts gets a readable message: the first few states and a count of the rest."""
 
 
-def _skip_name(skip: SkipReason, cooldown_classes: Mapping[str, str]) -> str:
+def _skip_class(skip: SkipReason, cooldown_classes: Mapping[str, str]) -> str:
+    """The class the counts use: a cooling account counts as the failure that started its cooldown."""
     if skip.reason == "cooldown":
-        return f"{cooldown_classes.get(skip.account_id) or 'cooling'} (cooling down)"
-    return {"model_cooldown": "model_restricted (cooling down)", "usage_exhausted": "usage window exhausted",
-            "auth_blocked": "auth_blocked"}.get(skip.reason, skip.reason)
+        return cooldown_classes.get(skip.account_id) or "cooling_down"
+    return {"model_cooldown": "model_restricted", "usage_exhausted": "usage_exhausted"}.get(skip.reason, skip.reason)
+
+
+def _back_in(until: float | None, now: float) -> str:
+    return f", back in {duration(math.ceil(until - now))}" if until and until > now else ""
+
+
+def skip_state(skip: SkipReason, cooldown_classes: Mapping[str, str], now: float) -> str:
+    """One account's state in the pool's own words: never the upstream's old text, which was true when it was
+    said ("try again in 40s") and is stale by now."""
+    match skip.reason:
+        case "cooldown":
+            return f"{_skip_class(skip, cooldown_classes)}{_back_in(skip.until, now)}"
+        case "model_cooldown":
+            return f"model_restricted for {skip.detail}{_back_in(skip.until, now)}"
+        case "usage_exhausted":
+            resets = f", resets in {duration(math.ceil(skip.until - now))}" if skip.until and skip.until > now else ""
+            return f"usage exhausted ({skip.detail}){resets}"
+        case "auth_blocked":
+            return "auth_blocked (re-authorize it: `accountpool refresh` or the dashboard)"
+        case "endpoint":
+            return "cannot serve this endpoint"
+        case "not_pinned":
+            return "not the pinned account"
+    return skip.reason
+
+
+def _account_states(log: FailureLog, skipped: list[SkipReason], classes: Mapping[str, str], now: float) -> str:
+    entries = [f'"{account}" {cls.value}{_back_in(until, now)}' for account, cls, _brief, until in log.failures]
+    entries += [f'"{s.label}" {skip_state(s, classes, now)}' for s in skipped if s.reason != "not_pinned"]
+    if len(entries) > MAX_LISTED_ACCOUNTS:
+        entries[MAX_LISTED_ACCOUNTS:] = [f"and {len(entries) - MAX_LISTED_ACCOUNTS} more"]
+    return "; ".join(entries)
 
 
 def pool_exhausted(log: FailureLog, skipped: list[SkipReason], *, now: float,
                    cooldown_classes: Mapping[str, str] | None = None) -> ErrorAnswer:
     """429 when only limits stand in the way, 503 when nothing could be tried, 502 when all tries failed.
 
-    `cooldown_classes` maps a cooling account to the failure class that started its cooldown: a
-    cooldown after a 5xx or an auth failure is not a rate limit, so it does not earn a 429.
+    The message counts the classes, then lists each account's state with the time it has left, then quotes
+    the upstream's own words for a failure of this request (the only upstream text that is current).
+    `cooldown_classes` maps a cooling account to the failure class that started its cooldown: a cooldown
+    after a 5xx or an auth failure is not a rate limit, so it does not earn a 429.
     """
     classes = cooldown_classes or {}
 
@@ -90,30 +127,28 @@ def pool_exhausted(log: FailureLog, skipped: list[SkipReason], *, now: float,
         return skip.reason in LIMIT_SKIPS
 
     limit_skips = [s for s in skipped if is_limit(s)]
-    counts = Counter(cls.value for _, cls, _ in log.failures)
-    counts.update(_skip_name(s, classes) for s in skipped)
+    counts = Counter(cls.value for _, cls, _, _ in log.failures)
+    counts.update(_skip_class(s, classes) for s in skipped)
     summary = ", ".join(f"{n} {name}" for name, n in counts.most_common()) or "no accounts in the pool"
-    example = ""
+    states = _account_states(log, skipped, classes, now)
+    detail = f"({summary})" + (f": {states}" if states else "")
     if log.failures:
-        account, _cls, brief = log.failures[-1]
-        example = f'; e.g. "{account}": {brief}'
-    elif skipped:
-        s = next((s for s in skipped if s.reason not in NEUTRAL_SKIPS), skipped[0])
-        example = f'; e.g. "{s.label}": {_skip_name(s, classes)}' + (f" ({s.detail})" if s.detail else "")
+        account, _cls, brief, _until = log.failures[-1]
+        detail += f'; e.g. "{account}": {brief}'
     only_limits = bool(log.failures or limit_skips) \
-        and all(cls in LIMIT_CLASSES for _, cls, _ in log.failures) \
+        and all(cls in LIMIT_CLASSES for _, cls, _, _ in log.failures) \
         and all(is_limit(s) or s.reason in NEUTRAL_SKIPS for s in skipped)
     ends = [t for t in log.cooldown_ends if t > now] + [s.until for s in limit_skips if s.until and s.until > now]
     if only_limits:
         retry_after = max(1, math.ceil(min(ends) - now)) if ends else 60
-        return openai_error(429, f"accountpool: every account is rate or quota limited ({summary}){example}",
+        return openai_error(429, f"accountpool: every account is rate or quota limited {detail}",
                             type="rate_limit_error", code="pool_rate_limited", outcome=FailureClass.POOL_EXHAUSTED,
                             headers=(("retry-after", str(retry_after)),))
     if not log.failures:
         waits = [s.until for s in skipped if s.until and s.until > now]
         headers = (("retry-after", str(max(1, math.ceil(min(waits) - now)))),) if waits else ()
-        return openai_error(503, f"accountpool: no account can serve this request ({summary}){example}",
+        return openai_error(503, f"accountpool: no account can serve this request now {detail}",
                             type="server_error", code="pool_unavailable", outcome=FailureClass.POOL_EXHAUSTED,
                             headers=headers)
-    return openai_error(502, f"accountpool: every attempt failed ({summary}){example}",
+    return openai_error(502, f"accountpool: every attempt failed {detail}",
                         type="server_error", code="pool_attempts_failed", outcome=FailureClass.POOL_EXHAUSTED)

@@ -10,14 +10,12 @@ otherwise forward the flow unmodified (fail-open), and this addon fails closed (
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import logging
 import os
 import secrets
 import time
-from collections import deque
 from typing import Any
 
 import httpx
@@ -26,11 +24,13 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 from mitmproxy.utils.asyncio_utils import create_task
 
 from . import addon_options, errors
+from .client_auth import FailedAuthThrottle, bearer_value, key_fingerprint, proxy_auth_key
 from .errors import ErrorAnswer
 from .metrics_writer import ClientKeyUse, MetricsWriter, RequestRecord
 from .paths import secrets_path_for
 from .pool_view import PoolView
 from .relay import TICKET_HEADER, BufferedResponder, Relay, answers_whole
+from .request_paths import PathVerdict, check_path, is_pooled
 from .router import Admitted, Router, RouterConfig
 from .store import match_client_key
 from .upstream_client import UpstreamClient
@@ -40,11 +40,10 @@ log = logging.getLogger("accountpool")
 
 POOLED = "accountpool.pooled"
 DESTINATION = "accountpool.destination"
+REFUSED = "accountpool.refused"
 INFLIGHT_CHECK_S = 0.1
 CLIENT_KEY_HEADERS = ("authorization", "x-api-key", "api-key")
 SESSION_HEADERS = ("session_id", "x-session-id", "conversation-id", "conversation_id")
-FAILED_AUTH_WINDOW_S = 60.0
-FAILED_AUTH_LIMIT = 10
 
 
 MAX_REQUEST_HEADERS = 64
@@ -60,22 +59,6 @@ def header_flood(headers: http.Headers) -> str | None:
     if size > MAX_REQUEST_HEADER_BYTES:
         return f"request headers of {size} bytes exceed the limit of {MAX_REQUEST_HEADER_BYTES}"
     return None
-
-
-def bearer_value(value: str) -> str:
-    value = value.strip()
-    return value[7:].strip() if value[:7].lower() == "bearer " else value
-
-
-def proxy_auth_key(value: str | None) -> str | None:
-    """The client key from `Proxy-Authorization: Basic base64(user:KEY)` (regular mode, e.g. Codex)."""
-    if not value or value[:6].lower() != "basic ":
-        return None
-    try:
-        decoded = base64.b64decode(value[6:].strip()).decode()
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return decoded.split(":", 1)[1] if ":" in decoded else decoded
 
 
 def session_key(headers: http.Headers, body: dict[str, Any] | None) -> str | None:
@@ -106,25 +89,6 @@ def write_probe(conn: Any) -> str | None:
     except sqlite3.OperationalError as exc:
         return None if "locked" in str(exc) or "busy" in str(exc) else str(exc)
     return None
-
-
-class FailedAuthThrottle:
-    """Slows brute force on client keys: too many failures from one address → 429 for a while."""
-
-    def __init__(self, limit: int = FAILED_AUTH_LIMIT, window_s: float = FAILED_AUTH_WINDOW_S) -> None:
-        self.limit, self.window_s = limit, window_s
-        self._failures: dict[str, deque[float]] = {}
-
-    def blocked(self, source: str, now: float) -> bool:
-        q = self._failures.get(source)
-        while q and q[0] < now - self.window_s:
-            q.popleft()
-        return bool(q) and len(q) >= self.limit
-
-    def failed(self, source: str, now: float) -> None:
-        self._failures.setdefault(source, deque()).append(now)
-        if len(self._failures) > 10_000:
-            self._failures.pop(next(iter(self._failures)))
 
 
 class BadRequest(Exception):
@@ -177,6 +141,13 @@ class AccountPool:
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
         addon_options.validate(opts, updated)
+        if "connection_strategy" in updated and opts.connection_strategy != "lazy":
+            # Eager mode connects to the original server (the reverse target) as soon as a client connects,
+            # before any hook has seen a request: where that host is unreachable every client is dropped,
+            # and where it is reachable each connection opens a useless one. Pooled requests never go there.
+            log.info("accountpool: setting connection_strategy=lazy (pooled requests never go to the original "
+                     "server, so mitmproxy must not connect to it before a request is seen)")
+            opts.connection_strategy = "lazy"
         if "pool_db" in updated or "pool_secrets" in updated or self.view is None:
             if self.relay is not None and self.view is not None:
                 # The relay, the router and the metrics writer are bound to the pool they started with.
@@ -298,6 +269,9 @@ class AccountPool:
             self._answer(flow, errors.internal_error(type(exc).__name__))
 
     async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(REFUSED) and flow.request.raw_content:
+            # Refused in `requestheaders` (too large by Content-Length): mitmproxy read the body afterwards anyway.
+            flow.request.data.content = b""
         if not flow.metadata.get(POOLED) or flow.response or flow.error or not flow.live:
             return
         try:
@@ -347,11 +321,16 @@ class AccountPool:
         data.scheme, data.host, data.port = b"http", "127.0.0.1", self.relay.port
 
     def _in_scope(self, flow: http.HTTPFlow) -> bool:
-        path = flow.request.path
+        """Reverse mode: everything that reaches the proxy is meant for the pool (unknown paths get a 404 after
+        the key check). Other modes: the configured API hosts' pooled paths; all else passes through."""
         if isinstance(flow.client_conn.proxy_mode, ReverseMode):
-            return path.startswith(("/v1/", "/backend-api/codex/")) or path == "/v1"
+            return True
         hosts = {h.strip().lower() for h in ctx.options.pool_upstream_hosts.split(",") if h.strip()}
-        return flow.request.pretty_host.lower() in hosts and path.startswith(("/v1/", "/backend-api/codex/"))
+        if flow.request.pretty_host.lower() not in hosts:
+            return False
+        path = flow.request.path
+        # A traversal that starts inside a pooled prefix is pooled, so that it is refused rather than passed on.
+        return check_path(path).verdict is PathVerdict.POOLED or is_pooled(path.partition("?")[0])
 
     async def _admit(self, flow: http.HTTPFlow) -> Admitted:
         assert self.view is not None and self.relay is not None and self.writer is not None
@@ -361,6 +340,14 @@ class AccountPool:
         self.view.refresh()
         key_id, label = self._authenticate(flow, now)
         req = flow.request
+        checked = check_path(req.path)
+        if checked.verdict is PathVerdict.ESCAPES:
+            raise BadRequest(errors.bad_request("the request path leaves the pooled API (/v1/, /backend-api/codex/) "
+                                                "once its dot segments are resolved", code="invalid_path"))
+        if checked.verdict is PathVerdict.UNKNOWN:
+            raise BadRequest(errors.bad_request(f"no pooled API at {req.path.partition('?')[0][:200]!r}; the pool "
+                                                "serves /v1/… and /backend-api/codex/…", status=404,
+                                                code="unknown_path"))
         try:
             # Decoded (gzip, deflate, br, zstd: Codex may compress): the relay sends the plain body upstream.
             content = req.get_content(strict=True) or b""
@@ -378,7 +365,7 @@ class AccountPool:
         admitted = Admitted(
             request_id="req_" + secrets.token_hex(8), started_at=req.timestamp_start or now,
             t0=time.monotonic() - max(0.0, now - (req.timestamp_start or now)), method=req.method,
-            path=req.path, endpoint=req.path.split("?", 1)[0], client_label=label,
+            path=checked.path, endpoint=checked.path.partition("?")[0], client_label=label,
             headers=[(k, v) for k, v in req.headers.items(multi=True)], body=content, json_body=body,
             model=body.get("model") if body else None, stream=bool(body and body.get("stream")),
             session_key=session_key(req.headers, body), pinned_account=pinned)
@@ -413,36 +400,49 @@ class AccountPool:
         key = self._client_keys.pop(flow.id, None)
         if not ctx.options.pool_require_client_keys:
             return None, None
-        source = flow.client_conn.peername[0] if flow.client_conn.peername else "?"
-        if self.throttle.blocked(source, now):
-            raise BadRequest(errors.openai_error(
-                429, "accountpool: too many failed client-key attempts from this address; wait a minute",
-                type="rate_limit_error", code="client_auth_throttled", outcome=errors.FailureClass.CLIENT_AUTH_FAILED,
-                headers=(("retry-after", str(int(FAILED_AUTH_WINDOW_S))),)))
         match = match_client_key(key, self.view.client_keys) if key else None
-        if match is None:
-            self.throttle.failed(source, now)
-            raise BadRequest(errors.client_auth_error("missing client key" if not key else
-                                                      "unknown or revoked client key"))
-        return match
+        if match is not None:
+            return match  # a valid key is never throttled (client_auth.py says why)
+        source = flow.client_conn.peername[0] if flow.client_conn.peername else "?"
+        fingerprint = key_fingerprint(key) if key else None
+        if throttled := self.throttle.check(fingerprint, source, now):
+            raise BadRequest(errors.openai_error(
+                429, f"accountpool: {throttled.message}", type="rate_limit_error", code="client_auth_throttled",
+                outcome=errors.FailureClass.CLIENT_AUTH_FAILED,
+                headers=(("retry-after", str(throttled.retry_after_s)),)))
+        self.throttle.failed(fingerprint, source, now)
+        raise BadRequest(errors.client_auth_error("missing client key" if not key else "unknown or revoked client key"))
 
     def _answer(self, flow: http.HTTPFlow, answer: ErrorAnswer) -> None:
-        """Answer the client ourselves (the flow is never forwarded) and record the request."""
+        """Answer the client ourselves (the flow is never forwarded) and record the request.
+
+        The refused request keeps no body in the flow: a 50 MB body refused with 413 would otherwise be
+        saved whole by `mitmdump -w` and held by mitmweb. The flow comment keeps its size."""
+        req = flow.request
+        size = len(req.raw_content) if req.raw_content is not None else req.headers.get("content-length")
+        request_id = "req_" + secrets.token_hex(8)
         try:
-            flow.response = http.Response.make(answer.status, answer.body, dict(answer.headers))
+            flow.response = http.Response.make(answer.status, answer.body,
+                                               [(k.encode(), v.encode()) for k, v in answer.headers] +
+                                               [(b"x-accountpool-request-id", request_id.encode())])
         except Exception:
             log.exception("accountpool: could not build the error answer; killing the flow instead")
             flow.kill()
+        flow.metadata[REFUSED] = True
+        if req.raw_content or size:
+            req.data.content = b""  # not `.content`: that would also rewrite the Content-Length the client sent
+            flow.comment = f"accountpool: {request_id} refused ({answer.status}); request body of {size} bytes dropped"
+        else:
+            flow.comment = f"accountpool: {request_id} refused ({answer.status})"
         self._client_keys.pop(flow.id, None)
         if self.writer is None:
             return
-        req = flow.request
         now = time.time()
         started = req.timestamp_start or now
         self.writer.submit(RequestRecord(row={
-            "id": "req_" + secrets.token_hex(8), "started_at": started, "finished_at": now,
+            "id": request_id, "started_at": started, "finished_at": now,
             "client_key_label": None, "method": req.method, "endpoint": req.path.split("?", 1)[0],
-            "stream": 0, "request_bytes": len(req.raw_content or b""), "attempts": 0, "status": answer.status,
+            "stream": 0, "request_bytes": int(size or 0), "attempts": 0, "status": answer.status,
             "outcome": answer.outcome.value, "failure_brief": answer.brief[:300],
             "total_ms": round((now - started) * 1000, 2)}))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .models import Account, AccountKind
+from .request_paths import has_dot_segment
 
 DEFAULT_API_BASE = "https://api.openai.com"
 DEFAULT_CHATGPT_BASE = "https://chatgpt.com/backend-api/codex"
@@ -44,6 +45,10 @@ def chatgpt_path(path: str) -> str:
 
 
 def upstream_url(account: Account, path: str, *, chatgpt_base: str) -> str:
+    """The attempt's URL. The addon resolves dot segments before it admits a request (`request_paths`); a path
+    that still has one here would climb out of the account's base-URL prefix, so it is refused outright."""
+    if has_dot_segment(path):
+        raise ValueError(f"refusing a path with a dot segment: {path[:200]!r}")
     if account.kind == AccountKind.CHATGPT:
         return chatgpt_base.rstrip("/") + chatgpt_path(path)
     return join_base(account.base_url or DEFAULT_API_BASE, path)

@@ -7,6 +7,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from accountpool.human_time import duration
+
 DASH = "—"
 
 
@@ -32,17 +34,6 @@ def ms(value: float | None) -> str:
     if value < 60_000:
         return f"{value / 1000:.2f} s"
     return f"{int(value // 60_000)} min {int(value % 60_000 // 1000)} s"
-
-
-def duration(seconds: float) -> str:
-    seconds = abs(seconds)
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3_600:
-        return f"{seconds // 60:.0f} min"
-    if seconds < 86_400:
-        return f"{seconds // 3_600:.0f} h {seconds % 3_600 // 60:.0f} min"
-    return f"{seconds // 86_400:.0f} d {seconds % 86_400 // 3_600:.0f} h"
 
 
 def ago(ts: float | None, now: float | None = None) -> str:
