@@ -1,4 +1,4 @@
-"""Client keys (SPEC §3) and the addon's options: what a misconfigured proxy refuses to do."""
+"""Client keys (docs/BEHAVIOUR.md §4) and the addon's options: what a misconfigured proxy refuses to do."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ take turns failing in phases: 429 with Retry-After, quota, 401 then refresh, ref
 `invalid_grant`, 5xx, connection resets before headers, slow first bytes, streams cut before and after the
 first content event. Cooldowns are 1 s (settings), so faulted accounts come back during the run.
 
-Accounting: a stream cut *after* content reached the client cannot fail over (SPEC §5): it ends with an
+Accounting: a stream cut *after* content reached the client cannot fail over (docs/BEHAVIOUR.md §11): it ends with an
 explicit `error` event. Those requests count as failed for the ≥ 99 % bar; the test prints the numbers.
 """
 

@@ -1,4 +1,4 @@
-"""Metrics rows through a real mitmdump (SPEC §6–§7, issue 4).
+"""Metrics rows through a real mitmdump (docs/BEHAVIOUR.md §12–§13, issue 4).
 
 One proxy serves the whole module (starting mitmdump is the slow part); every test finds its own
 rows by the `x-accountpool-request-id` the client got, so the tests do not depend on each other.

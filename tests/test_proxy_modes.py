@@ -1,4 +1,4 @@
-"""Regular proxy mode with mitmproxy's CA trusted by the client, and what is not pooled (SPEC §3).
+"""Regular proxy mode with mitmproxy's CA trusted by the client, and what is not pooled (docs/BEHAVIOUR.md §5).
 
 No test may reach the real OpenAI or ChatGPT hosts: the pooled hosts are served by the relay
 (the flow is pointed at it before mitmproxy connects anywhere, and the addon sets

@@ -1,4 +1,4 @@
-"""Failover and the aggregated pool errors (SPEC §5), through a real mitmdump with the addon."""
+"""Failover and the aggregated pool errors (docs/BEHAVIOUR.md §8, §10), through a real mitmdump with the addon."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ChatGPT logins: refresh on 401, single-flight, proactive refresh, refresh failures (SPEC §5)."""
+"""ChatGPT logins: refresh on 401, single-flight, proactive refresh, refresh failures (docs/BEHAVIOUR.md §9)."""
 
 from __future__ import annotations
 

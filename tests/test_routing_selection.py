@@ -1,4 +1,4 @@
-"""Which account serves (SPEC §4), seen through a real mitmdump: order, sequential mode, affinity, disabling."""
+"""Which account serves (docs/BEHAVIOUR.md §7), through a real mitmdump: order, sequential mode, affinity, disabling."""
 
 from __future__ import annotations
 

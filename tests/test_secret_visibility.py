@@ -1,4 +1,4 @@
-"""No upstream credential in mitmproxy's views (SPEC §10): mitmweb live, `-w` flow files, flow-detail output.
+"""No upstream credential in mitmproxy's views (docs/BEHAVIOUR.md §15): mitmweb live, `-w` flow files, --flow-detail.
 
 Traffic mixes everything that handles credentials: an API key, a ChatGPT login whose token is
 refreshed (so rotated tokens are in play), failover, streaming and not, a client-key failure.

@@ -1,7 +1,7 @@
 """Deliberate account management: import, add, export and "refresh now".
 
 These are the operator's actions (CLI and dashboard). Unlike routing, a permanent refresh
-failure here *does* set `auth_blocked` (SPEC §2): the operator asked, so they get the verdict.
+failure here *does* set `auth_blocked` (docs/BEHAVIOUR.md §9): the operator asked, so they get the verdict.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def add_api_key(db: sqlite_utils.Database, secrets: SecretsStore, *, label: str,
 
 
 def export_pool(db: sqlite_utils.Database, secrets: SecretsStore, *, include_secrets: bool = False) -> dict[str, Any]:
-    """A JSON export; secrets only when asked explicitly (SPEC §2)."""
+    """A JSON export; secrets only when asked explicitly (docs/BEHAVIOUR.md §3)."""
     accounts = []
     for acc in store.list_accounts(db):
         entry = acc.model_dump(mode="json")

@@ -1,4 +1,4 @@
-"""Classify one upstream attempt (SPEC §5), compute its cooldown, and write a safe error brief.
+"""Classify one upstream attempt (docs/BEHAVIOUR.md §8), compute its cooldown, and write a safe error brief.
 
 One place owns the failure signals: the relay, the stream watcher and the probe all call these
 functions, so a status/body pair is judged the same way wherever it shows up. Bodies are read
@@ -99,7 +99,7 @@ def _auth_class(kind: AccountKind, after_refresh: bool) -> FailureClass:
 
 def classify_attempt(status: int | None, body: bytes | str | None, *, kind: AccountKind,
                      after_refresh: bool = False, connection_error: bool = False) -> FailureClass:
-    """Judge one upstream attempt by the SPEC §5 table."""
+    """Judge one upstream attempt by the table in docs/BEHAVIOUR.md §8."""
     if connection_error or status is None:
         return FailureClass.UPSTREAM_ERROR
     if 200 <= status < 400:
@@ -267,7 +267,7 @@ def scrub_secrets(text: str) -> str:
     """Replace anything that looks like a credential with "…" and its last four characters.
 
     Covers `sk-…` keys, JWTs, `Bearer` values, and long hex or mixed-case base64 runs. Logs,
-    metrics rows and error messages all pass through here (SPEC §10).
+    metrics rows and error messages all pass through here (docs/BEHAVIOUR.md §15).
     """
     return _SECRET.sub(_scrub_match, text)
 

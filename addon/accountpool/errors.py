@@ -1,4 +1,4 @@
-"""OpenAI-shaped error answers, including the aggregated "pool exhausted" one (SPEC §3, §5).
+"""OpenAI-shaped error answers, including the aggregated "pool exhausted" one (docs/BEHAVIOUR.md §10).
 
 Clients (SDKs, Codex CLI) parse `{"error": {"message", "type", "code"}}`; keeping our own
 answers in that shape means they show the operator a useful message instead of a parse error.

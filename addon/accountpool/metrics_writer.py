@@ -1,4 +1,4 @@
-"""One writer thread for everything the proxy records in `pool.db` (SPEC §7).
+"""One writer thread for everything the proxy records in `pool.db` (docs/BEHAVIOUR.md §13).
 
 mitmproxy's event loop must never wait on SQLite: hooks and the relay only `submit()` to a
 queue. The thread drains it every `flush_interval` seconds and writes one transaction per batch

@@ -4,7 +4,7 @@ Hooks stay thin. `requestheaders` decides whether a flow is pooled and takes the
 out of it; `request` authenticates, validates and parses the body, then points the flow at the
 relay on 127.0.0.1 with a one-time ticket; `responseheaders` streams the relay's answer.
 Any exception in a pooled flow's hook answers the client with an error: mitmproxy would
-otherwise forward the flow unmodified (fail-open), and this addon fails closed (SPEC §10).
+otherwise forward the flow unmodified (fail-open), and this addon fails closed (docs/BEHAVIOUR.md §15).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ class AccountKind(StrEnum):
 
 
 class FailureClass(StrEnum):
-    """Outcome of one upstream attempt (SPEC §5), plus the request-level outcomes of §7."""
+    """Outcome of one upstream attempt (docs/BEHAVIOUR.md §8), plus the request-level outcomes of §13."""
 
     OK = "ok"
     AUTH_EXPIRED = "auth_expired"
@@ -95,7 +95,7 @@ class RateLimitObservation(BaseModel):
 
 
 class AccountHealth(BaseModel):
-    """Runtime health: observations, never the durable `auth_blocked` state (SPEC §2)."""
+    """Runtime health: observations, never the durable `auth_blocked` state (docs/BEHAVIOUR.md §2)."""
 
     account_id: str
     cooldown_until: float | None = None

@@ -1,4 +1,4 @@
-"""ChatGPT/Codex token refresh (SPEC §2): the request, the answer, and what a failure means.
+"""ChatGPT/Codex token refresh (docs/BEHAVIOUR.md §9): the request, the answer, and what a failure means.
 
 The request and the parsing are plain functions; `refresh_async` / `refresh_sync` only send.
 The refresh token rotates: the answer's `refresh_token` replaces the old one, which stops

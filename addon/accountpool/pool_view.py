@@ -4,7 +4,7 @@ Selection runs on every request, so it reads memory, not SQLite. `PRAGMA data_ve
 counter that moves only when *another* connection commits) tells whether the CLI, the
 dashboard, another proxy or our own writer changed `pool.db`; only then are the small tables
 re-read. Runtime health observed here is merged with what the database says, taking the later
-or stricter value, so a cooldown seen by one proxy is respected by the other (SPEC §4, issue 7).
+or stricter value, so a cooldown seen by one proxy is respected by the other (docs/BEHAVIOUR.md §2, issue 7).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What one attempt sends upstream and how its answer is shaped for the client.
 
 Most answers pass through byte for byte (`Passthrough`). Three cases change them: a model
-catalog gets the operator's model overrides (SPEC §8), and a ChatGPT login answering a Chat
+catalog gets the operator's model overrides (docs/BEHAVIOUR.md §14), and a ChatGPT login answering a Chat
 Completions or `stream: false` client is translated from its Responses stream (issue 8). The
 translation is fed chunk by chunk, so a translated stream still streams.
 """
@@ -54,7 +54,7 @@ class Passthrough:
         return b""
 
     def interrupted(self, brief: str) -> bytes:
-        """The explicit error a client sees when the upstream cut the stream after commit (SPEC §5)."""
+        """The explicit error a client sees when the upstream cut the stream after commit (docs/BEHAVIOUR.md §11)."""
         error = {"message": f"accountpool: {brief}", "type": "server_error", "code": "stream_interrupted",
                  "param": None}
         if self.chat_style_errors:

@@ -1,4 +1,4 @@
-"""The attempts of one client request: choose, send, judge, fail over, stream (SPEC §4–§6).
+"""The attempts of one client request: choose, send, judge, fail over, stream (docs/BEHAVIOUR.md §7–§11).
 
 Runs inside the relay (see docs/DESIGN.md). Decisions come from the pure modules
 (`selection`, `classify`, `usage_headers`, `sse_usage`); this module only sequences them,
@@ -391,7 +391,7 @@ class Router:
                                                 stale_generation=stale.generation, token_url=self.config.token_url,
                                                 db_path=self.view.db_path)
             except RefreshError as exc:
-                # Routing never blocks an account (SPEC §2): the attempt fails and the account cools down.
+                # Routing never blocks an account (docs/BEHAVIOUR.md §9): the attempt fails and the account cools down.
                 raise self._fail(run, account, FailureClass.AUTH_FAILED, str(exc), status=None,
                                  ms=_ms(started), refreshed=True) from None
             except Exception as exc:  # e.g. the secrets store is locked or unreadable

@@ -1,4 +1,4 @@
-"""Choose which accounts may serve a request, best first (SPEC §4).
+"""Choose which accounts may serve a request, best first (docs/BEHAVIOUR.md §7).
 
 Pure: the caller passes the accounts, their health, the settings and the clock, and gets back
 an ordered candidate list plus the reason each other account was skipped, so the pool error
@@ -100,7 +100,7 @@ def _exhausted_window(health: AccountHealth, now: float) -> tuple[str, UsageWind
 
 def _skip(account: Account, health: AccountHealth, *, path: str, model: str | None, now: float,
           pinned: str | None, translate_chat: bool) -> SkipReason | None:
-    """The first filter (in SPEC §4 order) that rules this account out, or None."""
+    """The first filter (in docs/BEHAVIOUR.md §7 order) that rules this account out, or None."""
     def reason(kind: str, detail: str = "", until: float | None = None) -> SkipReason:
         return SkipReason(account_id=account.id, label=account.label, reason=kind, detail=detail, until=until)
 
@@ -162,7 +162,7 @@ def choose_candidates(
     current_account_id: str | None = None,
     translate_chat: bool = True,
 ) -> Selection:
-    """Filter and order the pool for one request (SPEC §4)."""
+    """Filter and order the pool for one request (docs/BEHAVIOUR.md §7)."""
     selection = Selection()
     healths: dict[str, AccountHealth] = {}
     for account in accounts:

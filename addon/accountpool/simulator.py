@@ -1,6 +1,6 @@
 """A simulated OpenAI / ChatGPT-Codex upstream that speaks the real wire formats and fails on cue.
 
-SPEC §10 forbids tests against the real hosts, yet the proxy must be exercised over real sockets:
+docs/BEHAVIOUR.md §15 forbids tests against the real hosts, yet the proxy must be exercised over real sockets:
 keep-alive, chunked SSE, abrupt resets, cuts mid-stream. So this is a real HTTP/1.1 server on
 loopback (stdlib `ThreadingHTTPServer`), driven either in-process (`SimulatedUpstream`) or from
 another process over its `/_sim/...` JSON control API (`python -m accountpool.simulator`).

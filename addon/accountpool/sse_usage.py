@@ -1,4 +1,4 @@
-"""Watch a streamed response as it passes: token usage, in-band failures, commit point (SPEC §5, §6).
+"""Watch a streamed response as it passes: token usage, in-band failures, commit point (docs/BEHAVIOUR.md §11, §12).
 
 This runs on every chunk of every streamed request, so the common path is byte comparisons
 only: JSON is parsed for the handful of events that can carry usage or a failure, never for
@@ -96,7 +96,7 @@ def _parse_block(block: bytes) -> tuple[str, bytes] | None:
 
 @dataclass
 class TokenUsage:
-    """The five token counts a metrics row records (SPEC §7)."""
+    """The five token counts a metrics row records (docs/BEHAVIOUR.md §13)."""
 
     input_tokens: int | None = None
     cached_input_tokens: int | None = None

@@ -37,7 +37,7 @@ _ACCOUNT_FIELDS = tuple(Account.model_fields)
 
 def account_from_row(row: dict[str, Any]) -> Account:
     data = {k: row.get(k) for k in _ACCOUNT_FIELDS if row.get(k) is not None}
-    # A record written before `enabled` existed (or with NULL) is enabled (SPEC §2).
+    # A record written before `enabled` existed (or with NULL) is enabled (docs/BEHAVIOUR.md §2).
     data["enabled"] = row.get("enabled") is None or bool(row["enabled"])
     data["auth_blocked"] = bool(row.get("auth_blocked") or 0)
     return Account.model_validate(data)
@@ -97,7 +97,7 @@ def set_enabled(db: sqlite_utils.Database, account_id: str, enabled: bool, *, ac
 
 
 def set_auth_blocked(db: sqlite_utils.Database, account_id: str, error: str | None, *, actor: str) -> Account:
-    """Only deliberate account management calls this (SPEC §2): routing never blocks an account."""
+    """Only deliberate account management calls this (docs/BEHAVIOUR.md §2): routing never blocks an account."""
     before = get_account(db, account_id)
     after = update_account(db, before.id, auth_blocked=error is not None, auth_error=error)
     record_audit(db, actor=actor, action="auth_block" if error else "clear_block", target=before.id,
@@ -263,7 +263,7 @@ def record_audit(db: sqlite_utils.Database, *, actor: str, action: str, target: 
 
 
 def data_version(db: sqlite_utils.Database) -> int:
-    """Changes whenever another connection commits: the cheap "reload?" probe of SPEC §4.
+    """Changes whenever another connection commits: the cheap "reload?" probe behind docs/BEHAVIOUR.md §7.
 
     Probed before every request, so a change made elsewhere applies to the very next one. It reads
     no table: in WAL mode it is a counter in the shared-memory index (~2 µs on the raw connection).

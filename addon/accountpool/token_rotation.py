@@ -1,4 +1,4 @@
-"""Spending a rotating refresh token exactly once, across requests and processes (SPEC §5).
+"""Spending a rotating refresh token exactly once, across requests and processes (docs/BEHAVIOUR.md §9).
 
 Blocking by design (a file lock, a sync HTTP call, a SQLite transaction): callers run it in a
 worker thread. The order is the guarantee: the token endpoint's answer is committed to the

@@ -540,7 +540,7 @@ class ChatStreamTranslator:
     State is a handful of counters and a dict keyed by function-call item, so `feed` does
     constant work per event whatever the stream's length. `feed` returns the bytes to send now;
     after a terminal event it returns nothing more. Call `finish()` when the upstream closed:
-    it returns an error chunk if no terminal event was seen (SPEC §5: a cut stream must end with
+    it returns an error chunk if no terminal event was seen (docs/BEHAVIOUR.md §11: a cut stream must end with
     an explicit error), else nothing.
     """
 

@@ -1,4 +1,4 @@
-"""Where an attempt goes and with which headers (SPEC §3 rewrite rules). Pure functions.
+"""Where an attempt goes and with which headers (docs/BEHAVIOUR.md §5). Pure functions.
 
 The client's own credentials and anything that would leak or conflict never reach the
 upstream: its key, its proxy credentials, its organization (unless the account sets one), its

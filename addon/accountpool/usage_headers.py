@@ -1,4 +1,4 @@
-"""Usage observations from upstream response headers and the `wham/usage` probe (SPEC §6).
+"""Usage observations from upstream response headers and the `wham/usage` probe (docs/BEHAVIOUR.md §12).
 
 Every upstream response may carry Codex usage windows (`x-codex-primary-*`, `x-codex-secondary-*`)
 and OpenAI rate-limit counters (`x-ratelimit-*`). Routing sorts and filters on them, so they are

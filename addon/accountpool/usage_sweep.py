@@ -1,4 +1,4 @@
-"""Background probe of ChatGPT logins' usage windows (`GET …/wham/usage`, SPEC §2).
+"""Background probe of ChatGPT logins' usage windows (`GET …/wham/usage`, docs/BEHAVIOUR.md §12).
 
 Response headers already keep usage current for accounts that serve traffic; the sweep covers
 the idle ones, so the `balanced` order and the dashboard know an account's 5-hour and weekly

@@ -1,4 +1,4 @@
-"""Datasette plugin: the accountpool dashboard (overview, accounts, settings) — SPEC §8, issue 5.
+"""Datasette plugin: the accountpool dashboard (overview, accounts, settings) — docs/BEHAVIOUR.md §14, issue 5.
 
 Hooks only wire things together: permissions in `permissions`, SQL in `queries`, pages in `views`.
 """

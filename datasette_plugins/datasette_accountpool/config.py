@@ -61,7 +61,7 @@ def token_url(datasette: Any) -> str:
 
 
 async def refuse_served_secrets(datasette: Any) -> None:
-    """SPEC §10: no secret in a Datasette page or SQL result, so a served secrets table stops startup."""
+    """docs/BEHAVIOUR.md §15: no secret in a Datasette page or SQL result, so a served secrets table stops startup."""
     for name, db in datasette.databases.items():
         found = {t for t in await db.table_names() if t.lower() in SECRET_TABLE_NAMES}
         if found:
