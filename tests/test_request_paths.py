@@ -11,7 +11,7 @@ from accountpool.upstream_request import upstream_url
 @pytest.mark.parametrize(("target", "verdict", "forwarded"), [
     ("/v1/responses", PathVerdict.POOLED, "/v1/responses"),
     ("/v1/models?limit=5", PathVerdict.POOLED, "/v1/models?limit=5"),
-    ("/v1", PathVerdict.POOLED, "/v1"),
+    ("/v1", PathVerdict.UNKNOWN, None),  # no account kind serves the bare prefix
     ("/v1/", PathVerdict.POOLED, "/v1/"),
     ("/backend-api/codex/responses", PathVerdict.POOLED, "/backend-api/codex/responses"),
     # Dot segments that stay inside are resolved, and the resolved path is what travels.

@@ -1,6 +1,6 @@
 """The shapes every other module agrees on: accounts, their health, failure classes, settings.
 
-One place owns each fact (STYLE.md): the failure-class names, the setting names and their
+One place owns each fact: the failure-class names, the setting names and their
 validation rules live here, so the addon, the CLI and the dashboard cannot drift apart.
 """
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 POOLED_PREFIXES = ("/v1/", "/backend-api/codex/")
-POOLED_EXACT = frozenset({"/v1"})
 
 _SEPARATOR_ESCAPES = re.compile(r"%(2e|2f|5c|25)", re.IGNORECASE)
 _DECODED = {"2e": ".", "2f": "/", "5c": "/", "25": "%"}
@@ -41,7 +40,7 @@ class CheckedPath:
 
 def is_pooled(path: str) -> bool:
     """Whether a (resolved) path without query lies under a pooled prefix."""
-    return path in POOLED_EXACT or path.startswith(POOLED_PREFIXES)
+    return path.startswith(POOLED_PREFIXES)
 
 
 def _decode_separators(path: str) -> str:

@@ -12,7 +12,7 @@ Decisions (also in the README):
   (unknown counts as below); otherwise accounts below the threshold come before those past it,
   each group in balanced order, so the pool moves to the best *other* account instead of
   ping-ponging between nearly full ones.
-- A `chatgpt` account serves `POST /v1/responses` (and `/v1/responses/compact`), `/v1/models`,
+- A `chatgpt` account serves `POST /v1/responses` (and `/v1/responses/compact`),
   `/backend-api/codex/...`, and `/v1/chat/completions` when chat translation is on. Stored-response
   routes such as `/v1/responses/{id}` need an API key (the Codex backend does not store responses).
 """
