@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from accountpool.demo import build_demo_pool, send_traffic  # noqa: E402
+from accountpool.demo import build_demo_pool, inject_faults, send_traffic  # noqa: E402
 from harness import LAPTOP, Datasette, Mitmdump, Pool, launch_chromium, running_sim, signed_in_page  # noqa: E402
 
 MAX_BYTES = 200_000
@@ -44,6 +44,7 @@ def main() -> int:
                 stop, counts = threading.Event(), {"ok": 0, "failed": 0}
                 workers = [threading.Thread(target=send_traffic, args=(proxy.url, pool.client_key, stop, counts))
                            for _ in range(3)]
+                workers.append(threading.Thread(target=inject_faults, args=(sim, stop)))
                 for w in workers:
                     w.start()
                 print(f"sending demo traffic for {args.seconds:.0f} s ...", flush=True)

@@ -51,23 +51,49 @@ def build_demo_pool(db_path: Path, sim: SimulatedUpstream) -> str:
             auth = sim.add_chatgpt_login(upstream_id, email=f"{label}@example.com", plan=plan, access_ttl_s=ttl)
             pending = account_admin.parse_codex_auth(auth, label, label=label)
             account_admin.apply_import(db, secrets, [pending], actor="demo")
-        # Scripted trouble, so the dashboard has something to show.
+        # The first trouble comes at once (the end-to-end test runs the demo for 8 s); `inject_faults` goes on.
+        # The usage sweep makes the logins known-good first choices, so their faults show failover.
+        sim.script("acct-demo-pro", [{"kind": "expired", "count": 1}, {"kind": "server_error", "count": 1},
+                                     {"kind": "inband_error", "count": 1}])
+        sim.script("acct-demo-plus", [{"kind": "server_error", "count": 1}])
         sim.script(keys["alpha-team-key"], [{"kind": "server_error", "count": 2},
-                                            {"kind": "rate_limit", "retry_after": 15, "count": None}])
-        # The usage sweep makes the logins known-good first choices; their trouble is spread over time.
-        sim.script("acct-demo-pro", [{"kind": "expired", "count": 1}, {"kind": "inband_error", "count": 2},
-                                     {"kind": "cut", "after_events": 3, "count": 1},
-                                     {"kind": "rate_limit", "retry_after": 20, "count": 1},
-                                     {"kind": "invalid_request", "count": 1},
-                                     {"kind": "quota", "resets_in_seconds": 30, "count": 1}])
-        sim.script("acct-demo-plus", [{"kind": "server_error", "count": 2}])
+                                            {"kind": "rate_limit", "retry_after": 10}])
         sim.set_usage("acct-demo-pro", primary_used_percent=35.0, secondary_used_percent=20.0)
-        sim.set_usage("acct-demo-plus", primary_used_percent=70.0, secondary_used_percent=55.0)
+        sim.set_usage("acct-demo-plus", primary_used_percent=40.0, secondary_used_percent=22.0)
         _, client_key = store.create_client_key(db, "demo-client", actor="demo")
     finally:
         secrets.close()
         db.close()
     return client_key
+
+
+FAULT_CYCLE: tuple[tuple[str, dict], ...] = (
+    ("acct-demo-pro", {"kind": "rate_limit", "retry_after": 20}),
+    ("acct-demo-plus", {"kind": "server_error", "count": 2}),
+    ("sk-demo-team-" + "a" * 24 + "1111", {"kind": "quota", "resets_in_seconds": 30}),
+    ("acct-demo-pro", {"kind": "expired"}),
+    ("acct-demo-plus", {"kind": "cut", "after_events": 3}),
+    ("sk-demo-backup-" + "b" * 22 + "2222", {"kind": "server_error"}),
+    ("acct-demo-pro", {"kind": "inband_error"}),
+    ("acct-demo-plus", {"kind": "rate_limit", "retry_after": 15}),
+    ("acct-demo-pro", {"kind": "reset"}),
+)
+"""What goes wrong upstream during the demo, one fault every few seconds, round the accounts."""
+
+
+def inject_faults(sim: SimulatedUpstream, stop: threading.Event, every_s: float = 6.0) -> None:
+    """Upstream trouble spread over time and accounts, as a real pool meets it; failover absorbs it, so the
+    dashboard shows faults per account and attempts, and a client-visible failure rate near zero. The
+    logins' usage drifts upwards meanwhile, so balanced mode moves traffic between them."""
+    i = 0
+    while not stop.wait(every_s):
+        credential, fault = FAULT_CYCLE[i % len(FAULT_CYCLE)]
+        sim.script(credential, [fault])
+        for login, step in (("acct-demo-pro", 1.5), ("acct-demo-plus", 1.0)):
+            usage = sim.usage_of(login)
+            sim.set_usage(login, primary_used_percent=min(95.0, usage.primary_used_percent + step),
+                          secondary_used_percent=min(95.0, usage.secondary_used_percent + step / 2))
+        i += 1
 
 
 def send_traffic(proxy_url: str, client_key: str, stop: threading.Event, counts: dict[str, int]) -> None:
@@ -78,7 +104,7 @@ def send_traffic(proxy_url: str, client_key: str, stop: threading.Event, counts:
         while not stop.is_set():
             kind = rng.choice(["responses", "responses-stream", "chat", "chat-stream", "models"])
             try:
-                if rng.random() < 0.03:  # now and then a client with a wrong key: the 401 shows too
+                if rng.random() < 0.01:  # now and then a client with a stale key: visible, and harmless to others
                     r = client.post("/v1/responses", json={"model": "gpt-5.5", "input": "hi"},
                                     headers={"authorization": "Bearer ap-wrong-key"})
                 elif kind == "models":
@@ -127,6 +153,7 @@ def run_demo(*, db_path: Path, seconds: float, datasette_port: int, proxy_port: 
         counts = {"ok": 0, "failed": 0}
         workers = [threading.Thread(target=send_traffic, args=(f"http://127.0.0.1:{proxy_port}", client_key, stop,
                                                                counts), daemon=True) for _ in range(3)]
+        workers.append(threading.Thread(target=inject_faults, args=(sim, stop), daemon=True))
         for w in workers:
             w.start()
         until = f"stopping after {seconds:.0f} s" if seconds else "Ctrl-C stops everything"

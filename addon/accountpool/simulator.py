@@ -513,11 +513,20 @@ class SimulatedUpstream:
 
     def set_usage(self, credential: str, **values: Any) -> None:
         with self._lock:
-            login = self._logins.get(credential)
-            usage = login.usage if login else self._api_keys.get(credential)
-            if usage is None:
-                raise KeyError(f"unknown credential: {credential}")
-            usage.update(**values)
+            self._usage(credential).update(**values)
+
+    def usage_of(self, credential: str) -> Usage:
+        """A copy of what the usage headers of this credential report now."""
+        with self._lock:
+            return dataclasses.replace(self._usage(credential))
+
+    def _usage(self, credential: str) -> Usage:
+        """A login's (by upstream account id) or an API key's usage; the caller holds the lock."""
+        login = self._logins.get(credential)
+        usage = login.usage if login else self._api_keys.get(credential)
+        if usage is None:
+            raise KeyError(f"unknown credential: {credential}")
+        return usage
 
     def requests(self) -> list[dict[str, Any]]:
         """Every upstream request received so far, in order (`/_sim/` control calls excluded)."""
