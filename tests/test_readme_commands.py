@@ -11,6 +11,7 @@ reach a real OpenAI host, and the logs prove mitmproxy never connected to one.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -172,3 +173,34 @@ def test_datasette_command_as_written(home, sim):
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\"'\"'") + "'"
 
+
+
+def test_install_and_set_up_commands_as_written(tmp_path, sim):
+    """`accountpool init` and the "Set up a pool" block, line by line, in a fresh directory and HOME. (The
+    `pip install` line is what `make test` itself runs to build the venv these tests run from.)"""
+    env = {**os.environ, "HOME": str(tmp_path), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    for name in ("ACCOUNTPOOL_DB", "ACCOUNTPOOL_SECRETS"):
+        env.pop(name, None)
+    (tmp_path / ".codex").mkdir()
+    auth = sim.add_chatgpt_login("acct-readme", email="me@example.com", plan="plus")
+    (tmp_path / ".codex" / "auth.json").write_text(json.dumps(auth))
+    (tmp_path / "key.txt").write_text("sk-test-readme-key-from-a-file-0000\n")
+    install = [c for c in readme_block("## Install") if c.startswith("accountpool")]
+    setup = readme_block("## Set up a pool")
+    assert install == ["accountpool init"] and len(setup) == 7, (install, setup)
+    outputs = []
+    for command in [*install, *setup]:
+        out = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, (command, out.stdout, out.stderr)
+        outputs.append(out.stdout + out.stderr)
+    listing = outputs[1 + setup.index("accountpool list")]
+    for label in ("work", "personal", "me@example.com"):
+        assert label in listing or label.split("@")[0] in listing, listing
+    exported = json.loads(outputs[-1])
+    everything = "\n".join(outputs)
+    tokens = [auth["tokens"][t] for t in ("access_token", "refresh_token", "id_token")]
+    for secret in ("sk-test-readme-key-from-a-file-0000", "sk-your-key", *tokens):
+        assert secret not in everything, "a secret was printed"
+    assert exported and (tmp_path / "data" / "pool.db").exists()
+    assert (tmp_path / "data" / "pool.secrets").stat().st_mode & 0o077 == 0
