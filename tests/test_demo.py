@@ -1,11 +1,15 @@
 """`accountpool demo` starts everything, serves traffic, prints where to look, and stops cleanly."""
 
+import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
+from accountpool.local_ports import port_open
 from harness import free_port
 
 
@@ -44,3 +48,39 @@ def test_demo_runs_end_to_end(tmp_path):
         failovers = conn.execute("select count(*) from requests where attempts > 1").fetchone()[0]
     assert rows >= answered
     assert failovers > 0  # the scripted faults make the demo show failover
+
+
+def test_make_demo_as_written_until_ctrl_c():
+    """The README's first command, `make demo`, exactly: it sets up (the venv is current, so that is quick),
+    serves on the documented ports until Ctrl-C, and then stops everything it started."""
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("ACCOUNTPOOL_DB", "ACCOUNTPOOL_SECRETS", "MAKEFLAGS")}
+    proc = subprocess.Popen(["make", "demo"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    out: list[str] = []
+    key = sign_in = None
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            if "client key:" in line:
+                key = line.rsplit("client key:", 1)[1].strip()
+            if "sign in as root" in line:
+                sign_in = re.search(r"(http://\S+)", line).group(1)
+            if "Demo traffic is flowing" in line:
+                break
+        assert key and sign_in, "".join(out)
+        r = httpx.post("http://127.0.0.1:8080/v1/responses", json={"model": "gpt-5.5", "input": "hi"},
+                       headers={"authorization": f"Bearer {key}"}, trust_env=False, timeout=30)
+        assert r.status_code == 200, r.text
+        with httpx.Client(trust_env=False, follow_redirects=True, timeout=30) as browser:
+            browser.get(sign_in)
+            assert browser.get("http://127.0.0.1:8001/-/pool").status_code == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        rest, _ = proc.communicate(timeout=60)
+        out.append(rest)
+    text = "".join(out)
+    assert re.search(r"demo traffic: \d+ answered", text), text[-2000:]
+    for port in (8080, 8001):
+        assert not port_open(port), f"port {port} still open after Ctrl-C"
