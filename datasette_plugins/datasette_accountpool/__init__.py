@@ -20,12 +20,14 @@ def register_routes() -> list[tuple[str, Any]]:
         (r"^/-/pool/fragment$", views.overview_fragment),
         (r"^/-/pool/accounts$", views.accounts),
         (r"^/-/pool/settings$", views.settings),
+        # Datasette's own listing, minus the databases the actor may not view (a private pool).
+        (r"^/-/databases(\.(?P<format>json))?$", views.databases_listing),
     ]
 
 
 @hookimpl
-def permission_allowed(datasette: Any, actor: dict[str, Any] | None, action: str) -> bool | None:
-    return permissions.permission_allowed(datasette, actor, action)
+def permission_allowed(datasette: Any, actor: dict[str, Any] | None, action: str, resource: Any) -> Any:
+    return permissions.permission_allowed(datasette, actor, action, resource)
 
 
 @hookimpl

@@ -4,7 +4,7 @@ Plugin configuration (metadata `plugins: datasette-accountpool: {...}`):
 - `database`: name of the served pool database (default: the one with `accounts` and `requests`);
 - `secrets_path`: the secrets store (else env ACCOUNTPOOL_SECRETS, else `<db stem>.secrets` beside it);
 - `oauth_token_url`: token endpoint for "refresh now" (else env ACCOUNTPOOL_OAUTH_TOKEN_URL, else OpenAI's);
-- `allow_view` / `allow_manage`: see `permissions`.
+- `allow_view` / `allow_manage`: see `permissions` (they also open the pool database's own Datasette pages).
 """
 
 from __future__ import annotations

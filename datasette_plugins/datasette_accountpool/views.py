@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ from accountpool import account_admin, schema, store
 from accountpool.models import Account, AccountKind
 from accountpool.oauth import RefreshError
 from accountpool.secrets_store import SecretsStore, SecretsStoreError
+from datasette.utils import add_cors_headers
 from datasette.utils.asgi import NotFound, Response
 
 from . import charts, config, permissions, queries
@@ -188,3 +190,20 @@ async def settings(request: Any, datasette: Any) -> Response:
 def _settings_context(form: SettingsForm, can_manage: bool, database: str) -> dict[str, Any]:
     return {"form": form, "can_manage": can_manage, "database": database, "now": time.time(),
             "blank_row": len(form.overrides)}
+
+
+# ---------------------------------------------------------------- Datasette's /-/databases, filtered
+
+
+async def databases_listing(request: Any, datasette: Any) -> Response:
+    """Datasette's `/-/databases` (same JSON, same page) without the databases the actor may not view:
+    Datasette's own listing checks only `view-instance`, so it would name a private pool and its path."""
+    await datasette.ensure_permissions(request.actor, [permissions.INSTANCE_ACTION])
+    data = await permissions.visible_databases(datasette, request.actor, datasette._connected_databases())
+    if request.url_vars.get("format"):
+        headers: dict[str, str] = {}
+        if datasette.cors:
+            add_cors_headers(headers)
+        return Response.json(data, headers=headers)
+    return Response.html(await datasette.render_template(
+        "show_json.html", {"filename": "databases.json", "data_json": json.dumps(data, indent=4)}, request=request))
