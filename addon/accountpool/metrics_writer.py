@@ -181,6 +181,7 @@ class MetricsWriter:
         attempts: list[dict[str, Any]] = []
         inflight: dict[str, dict[str, Any] | None] = {}
         health: dict[str, AccountHealth] = {}
+        observations: list[AccountHealth] = []
         state: dict[str, str] = {}
         key_use: dict[str, float] = {}
         for op in ops:
@@ -191,6 +192,7 @@ class MetricsWriter:
                 inflight[op.request_id] = op.row
             elif isinstance(op, HealthUpdate):
                 health[op.health.account_id] = op.health
+                observations.append(op.health)
             elif isinstance(op, StateUpdate):
                 state[op.key] = op.value
             elif isinstance(op, ClientKeyUse):
@@ -211,7 +213,7 @@ class MetricsWriter:
                 samples: list[dict[str, Any]] = []
                 if health:
                     store.save_health(db, list(health.values()))
-                    samples = self._sampler.propose(health.values())
+                    samples = self._sampler.propose(observations)
                     insert_rows(conn, "INSERT OR IGNORE", "usage_samples", samples)
                 for key, value in state.items():
                     store.set_state(db, key, value)

@@ -78,12 +78,16 @@ class UsageSampler:
         self._last: dict[tuple[str, str], dict[str, Any]] = {}
 
     def propose(self, healths: Iterable[AccountHealth]) -> list[dict[str, Any]]:
+        """Rows to write for these snapshots, in submission order (a batch may hold many of one account)."""
         out = []
+        chosen: dict[tuple[str, str], dict[str, Any]] = {}
         for health in healths:
             for row in sample_rows(health):
-                last = self._last.get((row["account_id"], row["window"]))
+                key = (row["account_id"], row["window"])
+                last = chosen.get(key) or self._last.get(key)
                 if last is None or self._due(last, row):
                     out.append(row)
+                    chosen[key] = row
         return out
 
     def _due(self, last: dict[str, Any], row: dict[str, Any]) -> bool:
