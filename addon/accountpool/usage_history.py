@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .forecast import Forecast, Sample, forecast_window, is_reset_between
+from .forecast import WINDOWS, Forecast, Sample, forecast_window, is_reset_between, latest_forecast
 from .models import AccountHealth
 
 SAMPLE_EVERY_S = 60.0
@@ -139,3 +139,21 @@ def request_shares(conn: sqlite3.Connection, since: float) -> dict[str, int]:
     return {account_id: n for account_id, n in conn.execute(
         "SELECT account_id, count(*) FROM requests WHERE started_at >= ? AND account_id IS NOT NULL "
         "GROUP BY account_id", [since])}
+
+
+def account_forecasts(samples: dict[tuple[str, str], list[Sample]], healths: dict[str, AccountHealth],
+                      now: float) -> dict[str, dict[str, Forecast]]:
+    """account id → window → forecast, windows in `WINDOWS` order.
+
+    From the history where there is one; a Codex window without samples (a pool older than the table,
+    or a sample pruned away) falls back to the latest observation in `account_health`.
+    """
+    found = forecasts(samples, now)
+    for account_id, health in healths.items():
+        mine = found.setdefault(account_id, {})
+        for window in ("primary", "secondary"):
+            if window not in mine:
+                latest = latest_forecast(health, window, now)  # type: ignore[arg-type]
+                if latest.used_now is not None:
+                    mine[window] = latest
+    return {account_id: {w: per[w] for w in WINDOWS if w in per} for account_id, per in found.items() if per}
