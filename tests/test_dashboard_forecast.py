@@ -3,6 +3,7 @@ preview, through Datasette's in-process client on a real pool.db with a recorded
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from accountpool import schema, store
 from accountpool.models import AccountHealth, UsageWindow
-from test_dashboard import actor_cookies, audit_rows, follow, make_ds, post_form
+from test_dashboard import actor_cookies, audit_rows, follow, make_ds, post_form, settings_form
 
 pytestmark = pytest.mark.asyncio
 
@@ -118,3 +119,16 @@ async def test_preview_is_for_viewers_and_confirming_for_managers(foresight_pool
                               actor_id="alice")
     assert refused.status_code == 403
     assert store.get_account(foresight_pool["pool"].db(), a).enabled
+
+
+async def test_prefer_expiring_windows_on_the_settings_form(foresight_pool: dict[str, Any]) -> None:
+    pool, ds = foresight_pool["pool"], await make_ds(foresight_pool["pool"])
+    page = await ds.client.get("/-/pool/settings", cookies=actor_cookies(ds))
+    assert re.search(r'<input type="checkbox" name="prefer_expiring_windows" id="f-prefer_expiring_windows" checked>',
+                     page.text)  # on by default
+    assert "Prefer expiring weekly quota" in page.text
+    await follow(ds, await post_form(ds, "/-/pool/settings", settings_form()))  # unticked: absent from the POST
+    assert store.load_settings(pool.db()).prefer_expiring_windows is False
+    assert json.loads(audit_rows(pool)[-1]["after"]) == {"prefer_expiring_windows": False}
+    await follow(ds, await post_form(ds, "/-/pool/settings", settings_form(prefer_expiring_windows="on")))
+    assert store.load_settings(pool.db()).prefer_expiring_windows is True

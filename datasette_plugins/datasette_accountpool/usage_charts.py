@@ -17,7 +17,7 @@ the history's span (5 h back → 2.5 h ahead); otherwise the axis ends at the re
 
 def _tick(ts: float, span_s: float) -> str:
     moment = datetime.fromtimestamp(ts, UTC)
-    return moment.strftime("%H:%M") if span_s <= 86_400 else moment.strftime("%a %H:%M")
+    return moment.strftime("%H:%M") if span_s <= 86_400 else moment.strftime("%d %b")
 
 
 def usage_svg(samples: Sequence[Sample], forecast: Forecast, *, now: float, span_s: float, title: str) -> Markup:
