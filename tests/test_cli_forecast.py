@@ -53,7 +53,7 @@ def test_forecast_json_and_table(db: Path) -> None:  # noqa: F811 - the fixture
     assert r["account_id"] == key and r["enabled"] is False
     assert r["reset_at"] is None and r["exhausts_before_reset"] is None
     assert r["burn_percent_per_hour"] == pytest.approx(600.0)  # 10 points a minute
-    assert "(reset time unknown)" in r["summary"]
+    assert r["summary"] == "at this net rate it runs dry in ~7 min"  # ~30 % by now, 70 points at 10 a minute
     assert not any("sk-cli-forecast" in line for line in result.stdout.splitlines())
 
     table = run_cli(db, "forecast")

@@ -103,6 +103,8 @@ async def test_disable_preview_moves_the_traffic_share(foresight_pool: dict[str,
     assert "a-login: disabled." in done.text
     assert not store.get_account(pool.db(), a).enabled
     assert audit_rows(pool)[-1]["action"] == "disable"
+    for secret in pool.all_secrets():  # the preview names accounts by label only
+        assert secret not in html and secret[-12:] not in html
     unknown = await ds.client.get("/-/pool/accounts?preview=acc_nope", cookies=actor_cookies(ds))
     assert unknown.status_code == 200 and "No account with id <code>acc_nope</code>" in unknown.text
 

@@ -137,7 +137,7 @@ def test_recorded_usage_headers_through_the_parser():
 
 @pytest.mark.parametrize(("forecast_args", "expected"), [
     (([s(0, 50, 3 * H, 300)],), "exhausts in ~2 h, before its reset at "),
-    (([s(1200, 40, 2 * H, 300), s(0, 40, 2 * H, 300)],), "no use observed: will not run out before its reset"),
+    (([s(1200, 40, 2 * H, 300), s(0, 40, 2 * H, 300)],), "not rising: will not run out before its reset"),
     (([s(0, 50, 3 * H)],), "not enough history for a forecast"),
     (([],), "no usage observed yet"),
     (([s(0, 100, 3 * H, 300)],), "exhausted until its reset at "),
@@ -145,6 +145,22 @@ def test_recorded_usage_headers_through_the_parser():
 ])
 def test_describe_in_words(forecast_args, expected):
     assert describe(forecast_window("primary", *forecast_args, NOW), NOW).startswith(expected)
+
+
+def test_ratelimit_buckets_forecast_their_net_drain():
+    """`x-ratelimit-*` buckets refill: a drop is not a reset, the "reset" (time to full) is not a deadline."""
+    # 20 → 30 → 25 (a refill) → 35 → 40 % used, one sample a minute, each "full again in 12 ms"
+    samples = [Sample(NOW - 240 + 60 * i, used, NOW - 240 + 60 * i + 0.012)
+               for i, used in enumerate([20, 30, 25, 35, 40])]
+    f = forecast_window("requests", samples, NOW)
+    assert f.bucket and f.samples == 5 and not f.reset_passed
+    assert f.burn_per_hour == pytest.approx(4.5 * 60)  # least squares: 4.5 points a minute, net of the refill
+    assert f.reset_at is None and f.exhausts_before_reset is None and f.projected_at_reset is None
+    assert f.exhausts_at - NOW == pytest.approx(60 / 4.5 * 60)
+    assert describe(f, NOW) == "at this net rate it runs dry in ~13 min"
+    refilling = forecast_window("tokens", [Sample(NOW - 120, 50, None), Sample(NOW, 20, None)], NOW)
+    assert refilling.burn_per_hour == 0 and describe(refilling, NOW) == "not draining"
+    assert scaled(f, 2.0, NOW).bucket
 
 
 def test_latest_forecast_uses_the_health_observation():

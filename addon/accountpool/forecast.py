@@ -15,6 +15,10 @@ Method, and why:
   reset time, the rate is the window's average so far: used % ÷ time since the window started. Codex
   windows start at 0 %, so this is what least squares over a full history would give for steady use.
 - Otherwise the rate is unknown and so is the exhaustion time: the forecast says so rather than guess.
+- `x-ratelimit-*` counters (`requests`, `tokens`) are refilling buckets, not windows: their "reset" is when
+  the bucket is full again, seconds away and moving with every answer. For them every sample of the history
+  counts (a drop is a refill, not a new window), the rate is the *net* drain (refills included), and there
+  is no reset to run out before.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from .models import AccountHealth, UsageWindow
 WINDOWS = ("primary", "secondary", "requests", "tokens")
 """`usage_samples.window` values: Codex 5-hour and weekly windows, then `x-ratelimit-*` requests / tokens."""
 WINDOW_NAMES = {"primary": "5-hour", "secondary": "weekly", "requests": "requests/min", "tokens": "tokens/min"}
+BUCKETS = frozenset({"requests", "tokens"})
+"""Windows that are continuously refilling buckets (module docstring)."""
 
 MIN_SPAN_S = 60.0
 """Below this between first and last sample, a slope is mostly rounding noise."""
@@ -71,6 +77,8 @@ class Forecast:
     projected_at_reset: float | None
     """Used % the rate leads to at the reset, *not* capped at 100 (150 means demand for one and a half windows)."""
     last_sample_at: float | None = None
+    bucket: bool = False
+    """A refilling `x-ratelimit-*` bucket: no reset to run out before (module docstring)."""
     reset_passed: bool = False
     """The last sample's reset time is behind us: the window restarted and nothing is known about the new one."""
 
@@ -124,6 +132,8 @@ def _window_average(last: Sample) -> float | None:
 
 def forecast_window(window: str, samples: Iterable[Sample], now: float) -> Forecast:
     """Burn rate, exhaustion time and projected use at reset of one window (module docstring: method)."""
+    if window in BUCKETS:
+        return _forecast_bucket(window, samples, now)
     current = current_window(list(samples))
     if not current:
         return Forecast(window, None, None, "none", 0, None, None, None, None)
@@ -143,6 +153,20 @@ def forecast_window(window: str, samples: Iterable[Sample], now: float) -> Forec
         if average is not None:
             per_s, method = max(0.0, average), "window_average"
     return _project(window, last, reset_at, per_s, method, len(current), now)
+
+
+def _forecast_bucket(window: str, samples: Iterable[Sample], now: float) -> Forecast:
+    """Net drain of a refilling bucket over all its samples; it has no reset to run out before."""
+    ordered = sorted((replace(s, reset_at=None) for s in samples if s.used_percent is not None), key=lambda s: s.at)
+    if not ordered:
+        return Forecast(window, None, None, "none", 0, None, None, None, None, bucket=True)
+    last = ordered[-1]
+    per_s: float | None = None
+    method: Method = "none"
+    if len(ordered) >= 2 and last.at - ordered[0].at >= MIN_SPAN_S:
+        per_s = max(0.0, least_squares_slope([(s.at - ordered[0].at, s.used_percent or 0.0) for s in ordered]))
+        method = "least_squares"
+    return replace(_project(window, last, None, per_s, method, len(ordered), now), bucket=True)
 
 
 def _project(window: str, last: Sample, reset_at: float | None, per_s: float | None, method: Method,
@@ -173,7 +197,7 @@ def scaled(forecast: Forecast, factor: float, now: float) -> Forecast:
     per_s = forecast.burn_per_hour * factor / 3600
     last = Sample(at=now, used_percent=forecast.used_now, reset_at=forecast.reset_at)
     projected = _project(forecast.window, last, forecast.reset_at, per_s, forecast.method, forecast.samples, now)
-    return replace(projected, last_sample_at=forecast.last_sample_at)
+    return replace(projected, last_sample_at=forecast.last_sample_at, bucket=forecast.bucket)
 
 
 def samples_from_window(window: UsageWindow, at: float | None) -> list[Sample]:
@@ -243,9 +267,13 @@ def describe(forecast: Forecast, now: float) -> str:
         return f"exhausted{tail}"
     if forecast.burn_per_hour is None:
         return "not enough history for a forecast"
+    if forecast.bucket:
+        if forecast.exhausts_at is None:
+            return "not draining"
+        return f"at this net rate it runs dry in ~{_duration(forecast.exhausts_at - now)}"
     reset = f"its reset at {clock(forecast.reset_at, now)}" if forecast.reset_at is not None else None
     if forecast.exhausts_at is None:
-        return "no use observed: will not run out" + (f" before {reset}" if reset else "")
+        return "not rising: will not run out" + (f" before {reset}" if reset else "")
     eta = f"exhausts in ~{_duration(forecast.exhausts_at - now)}"
     if forecast.exhausts_before_reset:
         return f"{eta}, before {reset}"

@@ -70,9 +70,9 @@ def account_windows(conn: sqlite3.Connection, now: float | None = None) -> dict[
 def disable_preview(conn: sqlite3.Connection, account_id: str, now: float | None = None) -> dict[str, Any] | None:
     """What the remaining enabled accounts' forecasts become if `account_id` stops serving (an estimate).
 
-    Its requests of the last hour go to the remaining enabled accounts in proportion to their own share
-    (`forecast.redistribution_factors`); each of their burn rates grows by that factor from now on. None
-    when the account does not exist.
+    Its requests of the last hour go to the remaining enabled, not auth-blocked accounts in proportion to
+    their own share (`forecast.redistribution_factors`); each of their burn rates grows by that factor from
+    now on. None when the account does not exist.
     """
     now = time.time() if now is None else now
     db = sqlite_utils.Database(conn)
@@ -80,7 +80,8 @@ def disable_preview(conn: sqlite3.Connection, account_id: str, now: float | None
         target = store.get_account(db, account_id)
     except store.NotFound:
         return None
-    remaining = [a for a in store.list_accounts(db) if a.enabled and a.id != target.id]
+    # auth-blocked accounts cannot take traffic until someone re-authorizes them
+    remaining = [a for a in store.list_accounts(db) if a.enabled and not a.auth_blocked and a.id != target.id]
     shares = usage_history.request_shares(conn, now - SHARE_WINDOW_S)
     factors = redistribution_factors(shares, target.id, [a.id for a in remaining])
     samples = usage_history.load_samples(conn, now, [a.id for a in remaining])
