@@ -113,7 +113,8 @@ def test_overview_and_disabling_an_account_in_the_browser(pool_env: Pool, sim: A
         page.goto(ds.url + PAGES["accounts"])
         card = page.locator(f"#account-{first}")
         assert card.locator(".ap-req24").inner_text().strip() == "9"
-        card.get_by_role("button", name="Disable").click()
+        card.get_by_role("button", name="Disable").click()  # first the "what if" preview, then confirm
+        page.locator("#ap-preview").get_by_role("button", name="Confirm: disable a-first").click()
         page.wait_for_url(ds.url + PAGES["accounts"])
         sync_api.expect(page.locator(".message-info")).to_contain_text("a-first: disabled.")
         sync_api.expect(page.locator(f"#account-{first}")).to_have_class(re.compile(r"\bap-disabled\b"))

@@ -189,7 +189,7 @@ def test_install_and_set_up_commands_as_written(tmp_path, sim):
     (tmp_path / "key.txt").write_text("sk-test-readme-key-from-a-file-0000\n")
     install = [c for c in readme_block("## Install") if c.startswith("accountpool")]
     setup = readme_block("## Set up a pool")
-    assert install == ["accountpool init"] and len(setup) == 7, (install, setup)
+    assert install == ["accountpool init"] and len(setup) == 8, (install, setup)
     outputs = []
     for command in [*install, *setup]:
         out = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -199,7 +199,7 @@ def test_install_and_set_up_commands_as_written(tmp_path, sim):
     listing = outputs[1 + setup.index("accountpool list")]
     for label in ("work", "personal", "me@example.com"):
         assert label in listing or label.split("@")[0] in listing, listing
-    exported = json.loads(outputs[-1])
+    exported = json.loads(outputs[1 + setup.index("accountpool export")])
     everything = "\n".join(outputs)
     tokens = [auth["tokens"][t] for t in ("access_token", "refresh_token", "id_token")]
     for secret in ("sk-test-readme-key-from-a-file-0000", "sk-your-key", *tokens):

@@ -148,6 +148,14 @@ def cmd_client_key(args: argparse.Namespace) -> None:
         print(f"revoked {args.id}")
 
 
+def cmd_forecast(args: argparse.Namespace) -> None:
+    from .forecast_report import forecast_rows, forecast_table
+
+    db, _ = _open(args)
+    rows = forecast_rows(db)
+    print(json.dumps(rows, indent=2) if args.json else forecast_table(rows))
+
+
 def cmd_addon_path(args: argparse.Namespace) -> None:
     print(ADDON_SCRIPT.resolve())
 
@@ -204,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     ck.set_defaults(fn=cmd_client_key)
     sub.add_parser("addon-path", help="print the mitmproxy addon script path").set_defaults(fn=cmd_addon_path)
+    p = sub.add_parser("forecast", help="usage windows: burn rate and when each runs out (from usage history)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_forecast)
     p = sub.add_parser("demo", help="run the simulated upstream, mitmdump with the addon and Datasette")
     p.add_argument("--seconds", type=float, default=0, help="stop after this long (default: until Ctrl-C)")
     p.add_argument("--proxy-port", type=int, default=8080)

@@ -29,6 +29,7 @@ from typing import Any
 
 from . import schema, store
 from .models import AccountHealth
+from .usage_history import UsageSampler
 
 log = logging.getLogger("accountpool.metrics")
 
@@ -96,6 +97,8 @@ class MetricsWriter:
         self._inflight_swept = False
         self._inflight_stored: set[str] = set()
         """Ids this writer has put into `inflight` and not yet removed: only those need a DELETE."""
+        self._sampler = UsageSampler()
+        """Which health observations also become `usage_samples` rows (the forecasts' history)."""
         self.batches = 0
         self.lock_retries = 0
         self.dropped = 0
@@ -178,6 +181,7 @@ class MetricsWriter:
         attempts: list[dict[str, Any]] = []
         inflight: dict[str, dict[str, Any] | None] = {}
         health: dict[str, AccountHealth] = {}
+        observations: list[AccountHealth] = []
         state: dict[str, str] = {}
         key_use: dict[str, float] = {}
         for op in ops:
@@ -188,6 +192,7 @@ class MetricsWriter:
                 inflight[op.request_id] = op.row
             elif isinstance(op, HealthUpdate):
                 health[op.health.account_id] = op.health
+                observations.append(op.health)
             elif isinstance(op, StateUpdate):
                 state[op.key] = op.value
             elif isinstance(op, ClientKeyUse):
@@ -205,13 +210,17 @@ class MetricsWriter:
                 insert_rows(conn, "INSERT OR REPLACE", "inflight", live)
                 if gone:
                     conn.executemany("DELETE FROM inflight WHERE request_id = ?", [(rid,) for rid in gone])
+                samples: list[dict[str, Any]] = []
                 if health:
                     store.save_health(db, list(health.values()))
+                    samples = self._sampler.propose(observations)
+                    insert_rows(conn, "INSERT OR IGNORE", "usage_samples", samples)
                 for key, value in state.items():
                     store.set_state(db, key, value)
                 for key_id, at in key_use.items():
                     conn.execute("UPDATE client_keys SET last_used_at = ? WHERE id = ?", [at, key_id])
                 conn.execute("COMMIT")
+                self._sampler.accept(samples)
                 self._inflight_stored.difference_update(rid for rid, row in inflight.items() if row is None)
                 self._inflight_stored.update(row["request_id"] for row in live)
             except BaseException:
@@ -316,7 +325,8 @@ def delete_stale_inflight(db: Any, *, own_pid: int) -> int:
     return removed
 
 
-_PRUNED = (("requests", "started_at"), ("attempts", "started_at"), ("inflight", "updated_at"))
+_PRUNED = (("requests", "started_at"), ("attempts", "started_at"), ("inflight", "updated_at"),
+           ("usage_samples", "at"))
 
 
 def _prune_step(db: Any, cutoff: float, *, batch: int, max_batches: int | None) -> tuple[int, bool]:

@@ -177,6 +177,9 @@ class PoolSettings(BaseModel):
     cooldown_model_s: float = Field(default=3_600, ge=1, le=7 * 86_400)
     retention_days: float = Field(default=7, ge=0.01, le=3_650)
     model_overrides: dict[str, ModelOverride] = Field(default_factory=default_model_overrides)
+    prefer_expiring_windows: bool = True
+    """Balanced mode, `chatgpt` accounts: within one plan rank, spend first the quota of a weekly window
+    that resets soon and will not run out before it does ("use it or lose it"; rule in `selection`)."""
 
 
 class SkipReason(BaseModel):

@@ -346,3 +346,23 @@ def m002_request_minute_stats(db: sqlite_utils.Database) -> None:
         db.execute(insert + f"SELECT {minute}, '{dim}', CAST({_latency_bucket_sql(f'r.{col}')} AS TEXT), "
                    f"count(*), 0, {zeros} FROM requests r "
                    f"WHERE r.started_at IS NOT NULL AND r.{col} IS NOT NULL GROUP BY 1, 3")
+
+
+# ---------------------------------------------------------------- m004: usage history for forecasts
+
+
+@MIGRATIONS()
+def m004_usage_samples(db: sqlite_utils.Database) -> None:
+    """History of the usage windows, so burn rates and exhaustion times can be forecast (`forecast.py`).
+
+    One row per account, window and observation time: `window` is `primary` / `secondary` (Codex 5-hour and
+    weekly) or `requests` / `tokens` (`x-ratelimit-*`, used % = 100 × (limit − remaining) ÷ limit). The
+    metrics writer samples it (`usage_history.UsageSampler`), so a busy proxy adds about one row per
+    account and window per minute; pruned with the metrics retention. No secret: ids and numbers only.
+    """
+    db["usage_samples"].create(
+        {"account_id": str, "window": str, "at": float, "used_percent": float, "reset_at": float,
+         "window_minutes": int},
+        pk=("account_id", "window", "at"),
+    )
+    db["usage_samples"].create_index(["at"])

@@ -15,6 +15,7 @@ Decisions (also in the README):
 - A `chatgpt` account serves `POST /v1/responses` (and `/v1/responses/compact`),
   `/backend-api/codex/...`, and `/v1/chat/completions` when chat translation is on. Stored-response
   routes such as `/v1/responses/{id}` need an API key (the Codex backend does not store responses).
+- "Use it or lose it" (`prefer_expiring_windows`, balanced order): see `expiring_rank`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from accountpool.forecast import latest_forecast
 from accountpool.models import Account, AccountHealth, AccountKind, PoolSettings, SkipReason, UsageWindow
 
 V1_PREFIX = "/v1/"
@@ -129,12 +131,47 @@ def _unknown_last(used: float | None) -> tuple[int, float]:
     return (1, 0.0) if used is None else (0, used)
 
 
-def balanced_key(account: Account, health: AccountHealth, *, free_first: bool, now: float) -> tuple:
-    """Sort key of `balanced` mode: unblocked, paid (or free) first, weekly then 5-hour use, label."""
+EXPIRING_WITHIN_S = 24 * 3600
+"""A weekly window resetting within this long counts as expiring."""
+EXPIRING_PRIMARY_MAX = 90.0
+"""…and only while its 5-hour window is below this used %, so the preference never drives an account
+into a 5-hour exhaustion (and a failed attempt); the sequential threshold's default, for the same reason."""
+NOT_EXPIRING = (1, 0.0)
+
+
+def expiring_rank(account: Account, health: AccountHealth, now: float) -> tuple[int, float]:
+    """(0, reset time) for a login whose weekly quota would expire unused; NOT_EXPIRING otherwise.
+
+    The rule (README "Decisions"): a `chatgpt` account whose weekly window resets within
+    `EXPIRING_WITHIN_S`, whose forecast says it will *not* run out before that reset, and whose 5-hour
+    window is below `EXPIRING_PRIMARY_MAX`. Such accounts sort first within their plan rank, soonest
+    reset first. Why: what is left of that week vanishes at the reset, while another account's quota
+    keeps; an account that runs out before its reset anyway wastes nothing and is not pushed harder.
+    The forecast is the latest observation's window average (`forecast.latest_forecast`): routing reads
+    memory only, never the history table. Unknown reset time, window length or usage: not expiring.
+    """
+    if account.kind != AccountKind.CHATGPT:
+        return NOT_EXPIRING
+    reset_at = health.secondary.reset_at
+    if reset_at is None or not now < reset_at <= now + EXPIRING_WITHIN_S:
+        return NOT_EXPIRING
+    primary = _effective_used(health.primary, now)
+    if primary is not None and primary >= EXPIRING_PRIMARY_MAX:
+        return NOT_EXPIRING
+    if not latest_forecast(health, "secondary", now).headroom_until_reset():
+        return NOT_EXPIRING
+    return (0, reset_at)
+
+
+def balanced_key(account: Account, health: AccountHealth, *, free_first: bool, now: float,
+                 prefer_expiring: bool = False) -> tuple:
+    """Sort key of `balanced` mode: unblocked, paid (or free) first, expiring weekly quota first (when
+    `prefer_expiring`), weekly then 5-hour use, label."""
     free_rank = int(_is_free(account)) ^ int(free_first)
     return (
         int(account.auth_blocked),
         free_rank,
+        expiring_rank(account, health, now) if prefer_expiring else NOT_EXPIRING,
         _unknown_last(_effective_used(health.secondary, now)),
         _unknown_last(_effective_used(health.primary, now)),
         account.label.lower(),
@@ -176,7 +213,8 @@ def choose_candidates(
             selection.skipped.append(skip)
 
     cands = selection.candidates
-    cands.sort(key=lambda a: balanced_key(a, healths[a.id], free_first=settings.free_first, now=now))
+    cands.sort(key=lambda a: balanced_key(a, healths[a.id], free_first=settings.free_first, now=now,
+                                          prefer_expiring=settings.prefer_expiring_windows))
     if settings.mode == "sequential":
         # Accounts past the threshold are what sequential mode moves away from, so they go
         # last; the current account stays first while it is below the threshold.

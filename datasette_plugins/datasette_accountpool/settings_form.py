@@ -25,6 +25,10 @@ LABELS = {
     "cooldown_upstream_s": ("Cooldown after upstream error (s)", "5xx, timeouts, connection resets."),
     "cooldown_model_s": ("Cooldown of a model after model_restricted (s)", ""),
     "retention_days": ("Metrics retention (days)", "Older request and attempt rows are pruned."),
+    "prefer_expiring_windows": ("Prefer expiring weekly quota", "Balanced mode, ChatGPT logins: within a plan "
+                                "rank, first use a login whose weekly window resets within 24 h and will not "
+                                "run out before it (use it or lose it). Never overrides cooldowns, plan order, "
+                                "session affinity, pinning or sequential mode's current account."),
 }
 OVERRIDE_FIELDS = ("context_window", "auto_compact_token_limit")
 _ROW_KEY = re.compile(r"^ov-(\d+)-(model|context_window|auto_compact_token_limit|remove)$")

@@ -15,7 +15,7 @@ from accountpool.secrets_store import SecretsStore, SecretsStoreError
 from datasette.utils import add_cors_headers
 from datasette.utils.asgi import NotFound, Response
 
-from . import charts, config, permissions, queries
+from . import charts, config, foresight, permissions, queries
 from .settings_form import SettingsForm, form_from_settings, parse_form
 
 REFRESH_SECONDS = 5
@@ -88,9 +88,13 @@ async def accounts(request: Any, datasette: Any) -> Response:
         await _account_action(request, datasette, db)
         return _redirect(datasette, "/-/pool/accounts")
     data = await db.execute_fn(queries.accounts_page)
+    # "What if I disable X": the Disable button leads here first (a GET, so it works without JavaScript).
+    preview_id = request.args.get("preview") or None
+    preview = await db.execute_fn(lambda conn: foresight.disable_preview(conn, preview_id)) if preview_id else None
     context = {"data": data, "database": db.name,
                "can_manage": await permissions.can(datasette, request.actor, permissions.MANAGE),
-               "kinds": AccountKind}
+               "kinds": AccountKind, "usage_windows": await db.execute_fn(foresight.account_windows),
+               "preview_id": preview_id, "preview": preview}
     return Response.html(await datasette.render_template("accountpool_accounts.html", context, request=request))
 
 
