@@ -271,7 +271,7 @@ class AccountPool:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get(REFUSED) and flow.request.raw_content:
             # Refused in `requestheaders` (too large by Content-Length): mitmproxy read the body afterwards anyway.
-            flow.request.data.content = b""
+            _drop_body(flow)
         if not flow.metadata.get(POOLED) or flow.response or flow.error or not flow.live:
             return
         try:
@@ -419,7 +419,6 @@ class AccountPool:
         The refused request keeps no body in the flow: a 50 MB body refused with 413 would otherwise be
         saved whole by `mitmdump -w` and held by mitmweb. The flow comment keeps its size."""
         req = flow.request
-        size = len(req.raw_content) if req.raw_content is not None else req.headers.get("content-length")
         request_id = "req_" + secrets.token_hex(8)
         try:
             flow.response = http.Response.make(answer.status, answer.body,
@@ -428,12 +427,8 @@ class AccountPool:
         except Exception:
             log.exception("accountpool: could not build the error answer; killing the flow instead")
             flow.kill()
-        flow.metadata[REFUSED] = True
-        if req.raw_content or size:
-            req.data.content = b""  # not `.content`: that would also rewrite the Content-Length the client sent
-            flow.comment = f"accountpool: {request_id} refused ({answer.status}); request body of {size} bytes dropped"
-        else:
-            flow.comment = f"accountpool: {request_id} refused ({answer.status})"
+        flow.metadata[REFUSED] = f"accountpool: {request_id} refused ({answer.status})"
+        size = _drop_body(flow)
         self._client_keys.pop(flow.id, None)
         if self.writer is None:
             return
@@ -442,9 +437,20 @@ class AccountPool:
         self.writer.submit(RequestRecord(row={
             "id": request_id, "started_at": started, "finished_at": now,
             "client_key_label": None, "method": req.method, "endpoint": req.path.split("?", 1)[0],
-            "stream": 0, "request_bytes": int(size or 0), "attempts": 0, "status": answer.status,
+            "stream": 0, "request_bytes": size, "attempts": 0, "status": answer.status,
             "outcome": answer.outcome.value, "failure_brief": answer.brief[:300],
             "total_ms": round((now - started) * 1000, 2)}))
+
+
+def _drop_body(flow: http.HTTPFlow) -> int:
+    """Empty a refused request's body (the comment keeps its size); returns the size, read or announced."""
+    req = flow.request
+    length = req.headers.get("content-length", "")
+    size = len(req.raw_content) if req.raw_content is not None else int(length) if length.isdigit() else 0
+    # `data.content`, not `.content`: that would also rewrite the Content-Length header the client sent.
+    req.data.content = b""
+    flow.comment = flow.metadata[REFUSED] + (f"; request body of {size} bytes dropped" if size else "")
+    return size
 
 
 _KEEP_REF = "keep_ref" in create_task.__code__.co_varnames
