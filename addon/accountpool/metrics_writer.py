@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import schema, store
+from . import schema, store, trial_claims
 from .models import AccountHealth
 
 log = logging.getLogger("accountpool.metrics")
@@ -60,6 +60,14 @@ class HealthUpdate:
 
 
 @dataclass
+class TrialRelease:
+    """Ends a half-open trial claim (`trial_claims`); written after the batch's health, in one transaction."""
+
+    account_id: str
+    owner: str
+
+
+@dataclass
 class StateUpdate:
     key: str
     value: str
@@ -71,7 +79,7 @@ class ClientKeyUse:
     at: float
 
 
-Op = RequestRecord | InflightUpdate | HealthUpdate | StateUpdate | ClientKeyUse
+Op = RequestRecord | InflightUpdate | HealthUpdate | StateUpdate | ClientKeyUse | TrialRelease
 
 
 class MetricsWriter:
@@ -180,6 +188,7 @@ class MetricsWriter:
         health: dict[str, AccountHealth] = {}
         state: dict[str, str] = {}
         key_use: dict[str, float] = {}
+        releases: list[tuple[str, str]] = []
         for op in ops:
             if isinstance(op, RequestRecord):
                 requests.append(op.row)
@@ -192,6 +201,8 @@ class MetricsWriter:
                 state[op.key] = op.value
             elif isinstance(op, ClientKeyUse):
                 key_use[op.key_id] = max(op.at, key_use.get(op.key_id, 0))
+            elif isinstance(op, TrialRelease):
+                releases.append((op.account_id, op.owner))
         try:
             conn: sqlite3.Connection = db.conn
             conn.execute("BEGIN IMMEDIATE")
@@ -207,6 +218,8 @@ class MetricsWriter:
                     conn.executemany("DELETE FROM inflight WHERE request_id = ?", [(rid,) for rid in gone])
                 if health:
                     store.save_health(db, list(health.values()))
+                if releases:
+                    conn.executemany(trial_claims.release_sql(), releases)
                 for key, value in state.items():
                     store.set_state(db, key, value)
                 for key_id, at in key_use.items():
