@@ -462,6 +462,7 @@ def _spawn(coro: Any, name: str) -> asyncio.Task:
 
 async def _close(relay: Relay, client: UpstreamClient | None, control_client: httpx.AsyncClient | None) -> None:
     await relay.stop()
+    relay.router.trials.close()
     if client is not None:
         await client.close()
     if control_client is not None:
