@@ -219,3 +219,20 @@ def _health(pool_env, account_id: str) -> list:
     finally:
         db.close()
     return [h] if h else []
+
+
+def test_a_request_whose_attempts_all_hit_limits_waits_for_the_earliest_account(pool_env, sim):
+    pool_env.add_key("a", KEY_A)
+    pool_env.add_key("b", KEY_B)
+    sim.script(KEY_A, [{"kind": "rate_limit", "retry_after": 2, "count": 1}])
+    sim.script(KEY_B, [{"kind": "rate_limit", "retry_after": 2, "count": 1}])
+    with Mitmdump(pool_env) as proxy:
+        status, headers, text = post(proxy, True, 1)
+        # Both accounts answered 429 before any byte reached the client; the request waited for the first one back
+        # and was served by it (a third attempt, within pool_max_attempts).
+        assert status == 200, text
+        assert headers["x-accountpool-attempts"] == "3"
+        assert sse_events(text)[-1][0] == "response.completed"
+        [row] = pool_env.wait_rows("select * from requests", 1)
+        assert row["outcome"] == "ok" and row["attempts"] == 3 and row["queue_wait_ms"] > 1000
+        assert [q["credential"] for q in sim.requests()] in ([KEY_A, KEY_B, KEY_A], [KEY_A, KEY_B, KEY_B])
