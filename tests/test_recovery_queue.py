@@ -50,7 +50,7 @@ def test_fifty_clients_wait_out_a_pool_wide_rate_limit(pool_env, sim):
             results = list(pool.map(lambda n: post(proxy, n % 2 == 0, n), range(50)))
         finished = time.time()
         assert [status for status, _, _ in results] == [200] * 50, [r for r in results if r[0] != 200][:2]
-        for status, headers, text in results:
+        for _, headers, text in results:
             if headers.get("content-type", "").startswith("text/event-stream"):
                 assert sse_events(text)[-1][0] == "response.completed"
         # Nothing reached the upstream before the cooldown ended.
