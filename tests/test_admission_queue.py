@@ -21,9 +21,15 @@ def skip(reason: str, until: float | None = None) -> SkipReason:
 
 def test_only_limits_with_a_known_end_are_worth_waiting_for():
     skipped = [skip("disabled"), skip("auth_blocked"), skip("endpoint"), skip("cooldown", NOW + 9),
-               skip("usage_exhausted", NOW + 5), skip("model_cooldown", NOW + 7), skip("cooldown", NOW - 1)]
+               skip("usage_exhausted", NOW + 5), skip("model_cooldown", NOW + 2), skip("cooldown", NOW - 1)]
     assert earliest_available(skipped, NOW) == NOW + 5
     assert earliest_available([skip("disabled"), skip("auth_blocked"), skip("cooldown", None)], NOW) is None
+    # A cooldown after an auth failure or an upstream error is our guess, not a limit: not waited for.
+    cooling = [SkipReason(account_id=c, label=c, reason="cooldown", until=NOW + n)
+               for n, c in ((1, "auth"), (2, "upstream"), (3, "quota"), (4, "rate"))]
+    classes = {"auth": "auth_failed", "upstream": "upstream_error", "quota": "quota_exceeded", "rate": "rate_limited"}
+    assert earliest_available(cooling, NOW, classes) == NOW + 3
+    assert earliest_available(cooling[:2], NOW, classes) is None
 
 
 @pytest.mark.parametrize(("earliest", "wait_left", "waiting", "queued", "waits"), [

@@ -5,8 +5,10 @@ served by a short wait than by a 429 it must retry itself: the request waits, at
 seconds, and is admitted the moment a cooldown ends or a half-open trial succeeds.
 
 - `refusal` is the pure decision: wait, or answer the aggregated error at once. Only limits that end at a
-  known time qualify (`WAITABLE_SKIPS`); a disabled, auth-blocked or wrong-endpoint account is no reason to
-  wait, and neither is an account that failed this request without a cooldown (nothing says when to retry).
+  known time qualify (`earliest_available`): a rate-limit or quota cooldown, an exhausted usage window, a
+  half-open trial after one of those. A disabled, auth-blocked or wrong-endpoint account is no reason to
+  wait, and neither is a cooldown after an auth failure, an upstream error or a missing model: its end is our
+  guess, not the upstream's word, and waiting for it would only delay the error the client gets anyway.
 - `AdmissionQueue` holds the waiters in arrival order and wakes them, in that order, on one timer (the
   earliest time a waiter asked for) or when told (`notify`: a trial ended). A woken waiter re-runs the
   selection; one that still finds nothing keeps its place and waits again until its own deadline.
@@ -19,19 +21,31 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from .models import SkipReason
+from .models import LIMIT_CLASSES, SkipReason
 
-WAITABLE_SKIPS = frozenset({"cooldown", "model_cooldown", "usage_exhausted"})
-"""Skip reasons with a known end (`SkipReason.until`): worth waiting for."""
+_LIMIT_VALUES = frozenset(c.value for c in LIMIT_CLASSES)
 POLL_S = 0.25
 """How often a waiter checks that its client is still there (and, for another process's trial, the pool)."""
 
 
-def earliest_available(skipped: Iterable[SkipReason], now: float) -> float | None:
-    """The earliest time (Unix seconds) one of the skipped accounts may serve again, or None if none will."""
-    ends = [s.until for s in skipped if s.reason in WAITABLE_SKIPS and s.until is not None and s.until > now]
+def is_waitable(skip: SkipReason, cooldown_classes: Mapping[str, str]) -> bool:
+    """A limit with a known end: a usage window, or a cooldown started by a rate limit or quota error (a cooldown
+    of unknown cause counts as a limit, as in the pool's 429/503 choice)."""
+    if skip.reason == "usage_exhausted":
+        return True
+    return skip.reason == "cooldown" and (cooldown_classes.get(skip.account_id) or "rate_limited") in _LIMIT_VALUES
+
+
+def earliest_available(skipped: Iterable[SkipReason], now: float,
+                       cooldown_classes: Mapping[str, str] | None = None) -> float | None:
+    """The earliest time (Unix seconds) one of the skipped accounts is back from a limit, or None if none will be.
+
+    `cooldown_classes`: account id → the failure class that started its cooldown."""
+    classes = cooldown_classes or {}
+    ends = [s.until for s in skipped
+            if s.until is not None and s.until > now and is_waitable(s, classes)]
     return min(ends) if ends else None
 
 

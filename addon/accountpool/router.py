@@ -284,7 +284,9 @@ class Router:
     async def _wait_for_account(self, run: Run, responder: ClientAnswer, skipped: list[SkipReason]) -> bool:
         """Wait in the queue until an account may be back (True: choose again), or say no at once (False)."""
         now, mono = time.time(), time.monotonic()
-        earliest = earliest_available(skipped, now)
+        classes = {s.account_id: self.view.health_of(s.account_id).cooldown_class or ""
+                   for s in skipped if s.reason == "cooldown"}
+        earliest = earliest_available(skipped, now, classes)
         # The wait budget is per request: a second wait (its chosen account failed after the first) uses what is left.
         waited_before = run.wait_deadline > 0
         wait_left = run.wait_deadline - mono if waited_before else self.config.max_wait_s
