@@ -30,7 +30,7 @@ from .secrets_store import Credentials
 from .selection import choose_candidates
 from .sse_usage import StreamWatcher, TokenUsage, usage_from_json_body
 from .token_rotation import access_expiry, rotate_tokens
-from .trial_claims import TrialClaims
+from .trial_claims import TRIAL_RECHECK_S, TrialClaims, TrialGate
 from .upstream_client import UpstreamClient, UpstreamError, UpstreamResponse
 from .usage_headers import parse_usage_headers
 
@@ -43,7 +43,7 @@ USAGE_REFRESH_S = 1.0
 USAGE_SCAN_LIMIT = 8 * 1024 * 1024
 INFLIGHT_AFTER_S = 0.2
 """A request appears in `inflight` (the dashboard's "in flight" list) once it has run this long."""
-TRIAL_WAIT_S = 1.0
+TRIAL_WAIT_S = TRIAL_RECHECK_S
 """A half-open account whose trial is in flight counts as available this soon (for the wait decision and
 Retry-After); waiters are woken when a trial of this process ends, and re-check another process's this often."""
 
@@ -145,14 +145,11 @@ class Router:
         self.writer = writer
         self.config = config
         self.client = client
-        self.trials = trials or TrialClaims(view.db_path)
+        self.trials = TrialGate(trials or TrialClaims(view.db_path),
+                                lambda account_id, owner: writer.submit(TrialRelease(account_id, owner)))
         self.queue = AdmissionQueue()
         self._refresh_locks: dict[str, asyncio.Lock] = {}
         self._running: dict[str, Run] = {}
-        self._trials: dict[str, str] = {}
-        """Half-open trials this process holds or is claiming: account id → owner token."""
-        self._trial_busy_until: dict[str, float] = {}
-        """Another process holds the trial: do not ask the database again before this time."""
 
     async def publish_inflight_every(self, interval_s: float) -> None:
         """The loop that makes long requests visible in `inflight` (runs for the proxy's lifetime)."""
@@ -246,33 +243,19 @@ class Router:
         for account in candidates:
             if not recovery.needs_trial(self.view.health_of(account.id), now):
                 return account, held
-            if await self._claim_trial(run, account.id, now):
+            if (owner := await self.trials.claim(account.id, now)) is not None:
+                run.trials[account.id] = owner
                 return account, held
             held.append(SkipReason(account_id=account.id, label=account.label, reason="cooldown",
                                    detail="half-open: a trial request is testing it", until=now + TRIAL_WAIT_S))
         return None, held
 
-    async def _claim_trial(self, run: Run, account_id: str, now: float) -> bool:
-        if account_id in self._trials or self._trial_busy_until.get(account_id, 0) > now:
-            return False
-        owner = self.trials.new_owner()
-        self._trials[account_id] = owner  # before the await: concurrent requests of this process skip it
-        if await self.trials.claim(account_id, owner, now):
-            run.trials[account_id] = owner
-            return True
-        del self._trials[account_id]
-        self._trial_busy_until[account_id] = now + TRIAL_WAIT_S
-        return False
-
     def _end_trial(self, run: Run, account_id: str) -> None:
         """Release this request's trial claim (after its health outcome, through the writer) and wake waiters."""
         owner = run.trials.pop(account_id, None)
-        if owner is None:
-            return
-        if self._trials.get(account_id) == owner:
-            del self._trials[account_id]
-        self.writer.submit(TrialRelease(account_id, owner))
-        self.queue.notify()
+        if owner is not None:
+            self.trials.release(account_id, owner)
+            self.queue.notify()
 
     def _on_commit(self, run: Run, account: Account) -> None:
         """The account answers this request: a recovering account is healthy again, its trial is over."""

@@ -27,12 +27,15 @@ import os
 import secrets
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from . import schema
 
 log = logging.getLogger("accountpool.trial")
 
+TRIAL_RECHECK_S = 1.0
+"""After losing a claim to another process, do not ask the database again for this long."""
 TRIAL_LEASE_S = 30.0
 """How long a claim stays valid without a release. A trial still waiting for headers after this long lets one
 more trial in; a process killed mid-trial blocks the account's recovery for at most this long."""
@@ -89,6 +92,39 @@ class TrialClaims:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+class TrialGate:
+    """This process's side of the trials: at most one claim attempt per account at a time, no database round trip
+    while another process is known to hold it, and the release handed to the metrics writer."""
+
+    def __init__(self, claims: TrialClaims, release: Callable[[str, str], None]) -> None:
+        """`release(account_id, owner)`: queue the release behind the trial's health outcome (the writer)."""
+        self.claims = claims
+        self._release = release
+        self._held: dict[str, str] = {}
+        """account id → owner token of the trials this process holds or is claiming."""
+        self._busy_until: dict[str, float] = {}
+
+    async def claim(self, account_id: str, now: float) -> str | None:
+        """The owner token when this process now holds the account's trial, else None."""
+        if account_id in self._held or self._busy_until.get(account_id, 0) > now:
+            return None
+        owner = self.claims.new_owner()
+        self._held[account_id] = owner  # before the await: concurrent requests of this process skip it
+        if await self.claims.claim(account_id, owner, now):
+            return owner
+        del self._held[account_id]
+        self._busy_until[account_id] = now + TRIAL_RECHECK_S
+        return None
+
+    def release(self, account_id: str, owner: str) -> None:
+        if self._held.get(account_id) == owner:
+            del self._held[account_id]
+        self._release(account_id, owner)
+
+    def close(self) -> None:
+        self.claims.close()
 
 
 def release_sql() -> str:
