@@ -112,9 +112,10 @@ def test_disabled_account_never_serves_and_cli_disable_applies_to_next_request(p
     db = pool_env.db()
     store.set_enabled(db, b, False, actor="tests")
     db.close()
-    sim.script(KEY_A, [{"kind": "server_error", "count": 2}])
+    sim.script(KEY_A, [{"kind": "server_error", "count": 3}])
     with Mitmdump(pool_env) as proxy, proxy.client() as client:
-        # a fails twice (and cools down), b is disabled: c serves, b never sees a request.
+        # a fails three times (the third upstream error within a minute cools it down: transient_threshold),
+        # b is disabled: c serves, b never sees a request.
         assert [ask(client, body={"stream": True}) for _ in range(3)] == ["c", "c", "c"]
         assert KEY_B not in {q["credential"] for q in sim.requests()}
         result = run_cli(pool_env.db_path, "disable", "c")

@@ -43,6 +43,9 @@ OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
     ("pool_connect_timeout", int, 10, "upstream connect timeout (s)"),
     ("pool_refresh_margin", int, 300, "refresh a login this many seconds before its access token expires"),
     ("pool_metrics_flush_ms", int, 250, "metrics flush interval (ms)"),
+    ("pool_max_wait", int, 20,
+     "seconds a request may wait for an account that is back at a known time, instead of a 429 (0: never wait)"),
+    ("pool_max_waiting", int, 256, "requests that may wait at once; beyond it the pool error comes at once"),
     ("pool_cooldown_rate_limited", int, int(_DEFAULTS.cooldown_rate_limited_s),
      "default cooldown after a rate limit without Retry-After (s); dashboard settings override"),
     ("pool_cooldown_quota", int, int(_DEFAULTS.cooldown_quota_s),
@@ -58,7 +61,7 @@ OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
 
 ROUTER_OPTIONS = frozenset({"pool_chatgpt_base_url", "pool_oauth_token_url", "pool_max_attempts",
                             "pool_refresh_margin", "pool_hold_metadata_events", "pool_connect_timeout",
-                            "pool_header_timeout"})
+                            "pool_header_timeout", "pool_max_wait", "pool_max_waiting"})
 COOLDOWN_OPTIONS = {"pool_cooldown_rate_limited": "cooldown_rate_limited_s", "pool_cooldown_quota": "cooldown_quota_s",
                     "pool_cooldown_auth": "cooldown_auth_s", "pool_cooldown_upstream": "cooldown_upstream_s",
                     "pool_cooldown_model": "cooldown_model_s"}
@@ -95,6 +98,9 @@ def validate(opts: Any, updated: set[str]) -> None:
     for name in ("pool_header_timeout", "pool_connect_timeout", "pool_metrics_flush_ms"):
         if name in updated and getattr(opts, name) <= 0:
             raise exceptions.OptionsError(f"{name} must be positive")
+    for name in ("pool_max_wait", "pool_max_waiting"):
+        if name in updated and not 0 <= getattr(opts, name) <= 100_000:
+            raise exceptions.OptionsError(f"{name} must be between 0 (off) and 100000")
     if "pool_usage_sweep" in updated and opts.pool_usage_sweep < 0:
         raise exceptions.OptionsError("pool_usage_sweep must be 0 (off) or a number of seconds")
     if updated & set(COOLDOWN_OPTIONS):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import schema, store
+from . import schema, store, trial_claims
 from .models import AccountHealth
 from .usage_history import UsageSampler
 
@@ -61,6 +61,14 @@ class HealthUpdate:
 
 
 @dataclass
+class TrialRelease:
+    """Ends a half-open trial claim (`trial_claims`); written after the batch's health, in one transaction."""
+
+    account_id: str
+    owner: str
+
+
+@dataclass
 class StateUpdate:
     key: str
     value: str
@@ -72,7 +80,7 @@ class ClientKeyUse:
     at: float
 
 
-Op = RequestRecord | InflightUpdate | HealthUpdate | StateUpdate | ClientKeyUse
+Op = RequestRecord | InflightUpdate | HealthUpdate | StateUpdate | ClientKeyUse | TrialRelease
 
 
 class MetricsWriter:
@@ -184,6 +192,7 @@ class MetricsWriter:
         observations: list[AccountHealth] = []
         state: dict[str, str] = {}
         key_use: dict[str, float] = {}
+        releases: list[tuple[str, str]] = []
         for op in ops:
             if isinstance(op, RequestRecord):
                 requests.append(op.row)
@@ -197,6 +206,8 @@ class MetricsWriter:
                 state[op.key] = op.value
             elif isinstance(op, ClientKeyUse):
                 key_use[op.key_id] = max(op.at, key_use.get(op.key_id, 0))
+            elif isinstance(op, TrialRelease):
+                releases.append((op.account_id, op.owner))
         try:
             conn: sqlite3.Connection = db.conn
             conn.execute("BEGIN IMMEDIATE")
@@ -215,6 +226,8 @@ class MetricsWriter:
                     store.save_health(db, list(health.values()))
                     samples = self._sampler.propose(observations)
                     insert_rows(conn, "INSERT OR IGNORE", "usage_samples", samples)
+                if releases:
+                    conn.executemany(trial_claims.release_sql(), releases)
                 for key, value in state.items():
                     store.set_state(db, key, value)
                 for key_id, at in key_use.items():

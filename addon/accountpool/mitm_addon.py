@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy.mode_specs import ReverseMode
 from mitmproxy.utils.asyncio_utils import create_task
 
@@ -201,7 +202,8 @@ class AccountPool:
         return RouterConfig(chatgpt_base=opts.pool_chatgpt_base_url, token_url=opts.pool_oauth_token_url,
                             max_attempts=opts.pool_max_attempts, refresh_margin_s=opts.pool_refresh_margin,
                             hold_metadata_events=opts.pool_hold_metadata_events,
-                            connect_timeout_s=opts.pool_connect_timeout, header_timeout_s=opts.pool_header_timeout)
+                            connect_timeout_s=opts.pool_connect_timeout, header_timeout_s=opts.pool_header_timeout,
+                            max_wait_s=opts.pool_max_wait, max_waiting=opts.pool_max_waiting)
 
     def done(self) -> asyncio.Task | None:
         """Stop the writer (drains it) and close the relay and the HTTP sessions.
@@ -383,7 +385,9 @@ class AccountPool:
     async def _answer_whole(self, flow: http.HTTPFlow, admitted: Admitted) -> None:
         """Route here and set `flow.response`: mitmproxy never opens a server connection for the flow."""
         assert self.relay is not None
-        answer = BufferedResponder()
+        # The client may leave while its request waits for an account: mitmproxy keeps reading its side during
+        # the hook and clears CAN_READ at EOF.
+        answer = BufferedResponder(client_left=lambda: not flow.client_conn.state & ConnectionState.CAN_READ)
         try:
             await self.relay.router.serve(admitted, answer)
         except Exception:
@@ -464,6 +468,7 @@ def _spawn(coro: Any, name: str) -> asyncio.Task:
 
 async def _close(relay: Relay, client: UpstreamClient | None, control_client: httpx.AsyncClient | None) -> None:
     await relay.stop()
+    relay.router.trials.close()
     if client is not None:
         await client.close()
     if control_client is not None:

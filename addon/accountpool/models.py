@@ -33,6 +33,8 @@ class FailureClass(StrEnum):
     STREAM_INTERRUPTED = "stream_interrupted"
     CLIENT_AUTH_FAILED = "client_auth_failed"
     POOL_EXHAUSTED = "pool_exhausted"
+    CLIENT_GONE = "client_gone"
+    """The client disconnected while its request waited for an account: nothing was sent upstream."""
     BAD_CLIENT_REQUEST = "bad_client_request"
     INTERNAL_ERROR = "internal_error"
 
@@ -112,6 +114,19 @@ class AccountHealth(BaseModel):
     usage_seen_at: float | None = None
     ratelimit: RateLimitObservation = Field(default_factory=RateLimitObservation)
     ratelimit_seen_at: float | None = None
+    # Recovery (issue 13, `recovery.py`): newest observation wins, by `recovery_at`.
+    recovering: bool = False
+    """Set when a cooldown opens; once it ends the account is half-open until one trial succeeds."""
+    failure_streak: int = 0
+    """Consecutive failures of `streak_class` (each one lengthens the next cooldown); a success resets it."""
+    streak_class: str | None = None
+    transient_count: int = 0
+    """`upstream_error`s in the window starting at `transient_since` (below the threshold: no cooldown)."""
+    transient_since: float | None = None
+    recovery_at: float | None = None
+    trial_until: float | None = None
+    """Lease of the half-open trial, read from `pool.db`; written only by `trial_claims` (never by the writer's
+    health upsert, which would overwrite another process's claim)."""
 
 
 def merge_health(mine: AccountHealth | None, theirs: AccountHealth) -> AccountHealth:
@@ -135,11 +150,17 @@ def merge_health(mine: AccountHealth | None, theirs: AccountHealth) -> AccountHe
                     usage_seen_at=mine.usage_seen_at)
     if (mine.ratelimit_seen_at or 0) > (theirs.ratelimit_seen_at or 0):
         data.update(ratelimit=mine.ratelimit.model_dump(), ratelimit_seen_at=mine.ratelimit_seen_at)
+    if (mine.recovery_at or 0) > (theirs.recovery_at or 0):
+        data.update({k: getattr(mine, k) for k in RECOVERY_FIELDS})
     models = dict(theirs.model_cooldowns)
     for model, until in mine.model_cooldowns.items():
         models[model] = max(until, models.get(model, 0))
     data["model_cooldowns"] = models
     return AccountHealth.model_validate(data)
+
+
+RECOVERY_FIELDS = ("recovering", "failure_streak", "streak_class", "transient_count", "transient_since",
+                   "recovery_at")
 
 
 class ModelOverride(BaseModel):
@@ -176,6 +197,10 @@ class PoolSettings(BaseModel):
     cooldown_upstream_s: float = Field(default=30, ge=1, le=86_400)
     cooldown_model_s: float = Field(default=3_600, ge=1, le=7 * 86_400)
     retention_days: float = Field(default=7, ge=0.01, le=3_650)
+    cooldown_escalation_factor: float = Field(default=2, ge=1, le=10)
+    cooldown_max_s: float = Field(default=1_800, ge=1, le=7 * 86_400)
+    transient_threshold: int = Field(default=3, ge=1, le=100)
+    transient_window_s: float = Field(default=60, ge=1, le=86_400)
     model_overrides: dict[str, ModelOverride] = Field(default_factory=default_model_overrides)
     prefer_expiring_windows: bool = True
     """Balanced mode, `chatgpt` accounts: within one plan rank, spend first the quota of a weekly window

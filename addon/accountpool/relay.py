@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
 
 from . import errors
 from .models import FailureClass
@@ -37,9 +38,12 @@ class BufferedResponder:
 
     streams = False
 
-    def __init__(self, limit: int = WHOLE_READ_LIMIT) -> None:
-        """`limit`: a whole answer larger than this is refused (502) rather than held; stream it instead."""
+    def __init__(self, limit: int = WHOLE_READ_LIMIT, *,
+                 client_left: Callable[[], bool] | None = None) -> None:
+        """`limit`: a whole answer larger than this is refused (502) rather than held; stream it instead.
+        `client_left`: whether the client has closed its connection (the addon asks mitmproxy)."""
         self.limit = limit
+        self._client_left = client_left
         self.status = 0
         self.headers: list[tuple[str, str]] = []
         self.body = bytearray()
@@ -47,6 +51,9 @@ class BufferedResponder:
         self.gone_reason = "client disconnected"
         self.cut = False
         """The upstream cut the answer after commit and no shaper could end it cleanly."""
+
+    def disconnected(self) -> bool:
+        return self._client_left is not None and self._client_left()
 
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         self.committed = True

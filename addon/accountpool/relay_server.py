@@ -56,6 +56,11 @@ class Responder:
         self._response = web.StreamResponse(status=status, headers=CIMultiDict(headers))
         await self._guard(lambda r: r.prepare(self._request))
 
+    def disconnected(self) -> bool:
+        """mitmproxy closes its connection to the relay when its client goes away."""
+        transport = self._request.transport
+        return self.client_gone or transport is None or transport.is_closing()
+
     async def send(self, data: bytes) -> None:
         if data:
             await self._guard(lambda r: r.write(data))

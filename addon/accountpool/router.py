@@ -17,11 +17,12 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import errors
+from . import errors, recovery
+from .admission_queue import POLL_S, AdmissionQueue, Waiter, earliest_available, refusal
 from .classify import classify_attempt, cooldown_until, error_brief
 from .errors import FailureLog
-from .metrics_writer import HealthUpdate, InflightUpdate, MetricsWriter, RequestRecord, StateUpdate
-from .models import Account, AccountHealth, AccountKind, FailureClass
+from .metrics_writer import HealthUpdate, InflightUpdate, MetricsWriter, RequestRecord, StateUpdate, TrialRelease
+from .models import Account, AccountHealth, AccountKind, FailureClass, SkipReason
 from .oauth import RefreshError
 from .pool_view import SEQUENTIAL_KEY, PoolView
 from .response_shapers import AttemptPlan, plan_attempt
@@ -29,6 +30,7 @@ from .secrets_store import Credentials
 from .selection import choose_candidates
 from .sse_usage import StreamWatcher, TokenUsage, usage_from_json_body
 from .token_rotation import access_expiry, rotate_tokens
+from .trial_claims import TRIAL_RECHECK_S, TrialClaims, TrialGate
 from .upstream_client import UpstreamClient, UpstreamError, UpstreamResponse
 from .usage_headers import parse_usage_headers
 
@@ -41,6 +43,9 @@ USAGE_REFRESH_S = 1.0
 USAGE_SCAN_LIMIT = 8 * 1024 * 1024
 INFLIGHT_AFTER_S = 0.2
 """A request appears in `inflight` (the dashboard's "in flight" list) once it has run this long."""
+TRIAL_WAIT_S = TRIAL_RECHECK_S
+"""A half-open account whose trial is in flight counts as available this soon (for the wait decision and
+Retry-After); waiters are woken when a trial of this process ends, and re-check another process's this often."""
 
 
 class ClientAnswer(Protocol):
@@ -55,6 +60,9 @@ class ClientAnswer(Protocol):
     """False when the client gets the answer in one piece: then a body is read whole before commit."""
 
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None: ...
+    def disconnected(self) -> bool:
+        """Whether the client has gone while nothing was sent yet (a queued request then leaves the queue)."""
+        ...
     async def send(self, data: bytes) -> None: ...
     async def end(self) -> None: ...
     async def whole(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None: ...
@@ -90,6 +98,9 @@ class RouterConfig:
     hold_metadata_events: bool = True
     connect_timeout_s: float = 10.0
     header_timeout_s: float = 300.0
+    max_wait_s: float = 20.0
+    """How long a request may wait for an account that is back at a known time (0: never wait)."""
+    max_waiting: int = 256
 
 
 @dataclass
@@ -109,6 +120,13 @@ class Run:
     phase_account_id: str | None = None
     published: bool = False
     """Whether `inflight` holds a row for this request (see Router.publish_inflight)."""
+    waiter: Waiter | None = None
+    wait_deadline: float = 0.0
+    """Monotonic time when this request stops waiting (its `pool_max_wait` is used up)."""
+    queue_wait_s: float = 0.0
+    gone_while_queued: bool = False
+    trials: dict[str, str] = field(default_factory=dict)
+    """account id → owner token of the half-open trial claims this request holds."""
 
     def ms_since_start(self, t: float | None) -> float | None:
         return round((t - self.admitted.t0) * 1000, 2) if t is not None else None
@@ -122,11 +140,14 @@ class AttemptFailed(Exception):
 
 class Router:
     def __init__(self, view: PoolView, writer: MetricsWriter, config: RouterConfig,
-                 client: UpstreamClient) -> None:
+                 client: UpstreamClient, trials: TrialClaims | None = None) -> None:
         self.view = view
         self.writer = writer
         self.config = config
         self.client = client
+        self.trials = TrialGate(trials or TrialClaims(view.db_path),
+                                lambda account_id, owner: writer.submit(TrialRelease(account_id, owner)))
+        self.queue = AdmissionQueue()
         self._refresh_locks: dict[str, asyncio.Lock] = {}
         self._running: dict[str, Run] = {}
 
@@ -155,27 +176,40 @@ class Router:
         tried: set[str] = set()
         skipped = None
         try:
-            while len(run.attempts) < self.config.max_attempts and not responder.committed:
-                now = time.time()
-                selection = choose_candidates(
-                    self.view.accounts, self.view.health, settings=self.view.settings, path=admitted.path,
-                    model=admitted.model, now=now, pinned_account_id=admitted.pinned_account,
-                    affinity_account_id=self.view.affinity(admitted.session_key),
-                    current_account_id=self.view.sequential_current)
-                if skipped is None:
-                    skipped = selection.skipped
-                candidates = [a for a in selection.candidates if a.id not in tried]
-                if not candidates:
+            while True:
+                latest: list[SkipReason] = []
+                while len(run.attempts) < self.config.max_attempts and not responder.committed:
+                    now = time.time()
+                    selection = choose_candidates(
+                        self.view.accounts, self.view.health, settings=self.view.settings, path=admitted.path,
+                        model=admitted.model, now=now, pinned_account_id=admitted.pinned_account,
+                        affinity_account_id=self.view.affinity(admitted.session_key),
+                        current_account_id=self.view.sequential_current)
+                    candidates = [a for a in selection.candidates if a.id not in tried]
+                    account, held = await self._first_ready(run, candidates, now)
+                    latest = selection.skipped + held
+                    if skipped is None:
+                        skipped = latest
+                    if account is None:
+                        break
+                    self._leave_queue(run)
+                    tried.add(account.id)
+                    try:
+                        await self._try_account(run, account, responder)
+                    except AttemptFailed as failure:
+                        failures.add(account.display, failure.cls, failure.brief, failure.until)
+                        run.outcome, run.brief = failure.cls, failure.brief
+                        continue
+                    finally:
+                        self._end_trial(run, account.id)
+                    self._served_by(run, account)
+                if responder.committed or len(run.attempts) >= self.config.max_attempts \
+                        or not await self._wait_for_account(run, responder, latest):
                     break
-                account = candidates[0]
-                tried.add(account.id)
-                try:
-                    await self._try_account(run, account, responder)
-                except AttemptFailed as failure:
-                    failures.add(account.display, failure.cls, failure.brief, failure.until)
-                    run.outcome, run.brief = failure.cls, failure.brief
-                    continue
-                self._served_by(run, account)
+                # Back from the queue: every account is a candidate again, the ones this request already tried
+                # included (their cooldown has ended and nothing was sent to the client; README).
+                tried.clear()
+            self._leave_queue(run)
             if not responder.committed:
                 cooling = {s.account_id: self.view.health_of(s.account_id).cooldown_class or ""
                            for s in skipped or [] if s.reason == "cooldown"}
@@ -183,6 +217,8 @@ class Router:
                 run.status, run.outcome, run.brief = answer.status, answer.outcome, answer.brief
                 await responder.whole(answer.status, [*answer.headers,
                                                       ("x-accountpool-request-id", admitted.request_id)], answer.body)
+                if run.gone_while_queued:
+                    run.outcome, run.brief = FailureClass.CLIENT_GONE, "client disconnected while queued"
         except Exception as exc:
             # The relay server answers 500 (or cuts a committed stream); the row says why.
             if run.outcome is FailureClass.OK or not responder.committed:
@@ -191,7 +227,80 @@ class Router:
                     run.status = 500
             raise
         finally:
+            self._leave_queue(run)
+            for account_id in list(run.trials):
+                self._end_trial(run, account_id)
             self._record(run)
+
+    # ------------------------------------------------------------ half-open trials and the queue
+
+    async def _first_ready(self, run: Run, candidates: list[Account],
+                           now: float) -> tuple[Account | None, list[SkipReason]]:
+        """The first candidate that may take this request now, and the half-open ones it had to pass over.
+
+        A half-open account takes the request only if this request wins its trial claim (`trial_claims`)."""
+        held: list[SkipReason] = []
+        for account in candidates:
+            if not recovery.needs_trial(self.view.health_of(account.id), now):
+                return account, held
+            if (owner := await self.trials.claim(account.id, now)) is not None:
+                run.trials[account.id] = owner
+                return account, held
+            held.append(SkipReason(account_id=account.id, label=account.label, reason="cooldown",
+                                   detail="half-open: a trial request is testing it", until=now + TRIAL_WAIT_S))
+        return None, held
+
+    def _end_trial(self, run: Run, account_id: str) -> None:
+        """Release this request's trial claim (after its health outcome, through the writer) and wake waiters."""
+        owner = run.trials.pop(account_id, None)
+        if owner is not None:
+            self.trials.release(account_id, owner)
+            self.queue.notify()
+
+    def _on_commit(self, run: Run, account: Account) -> None:
+        """The account answers this request: a recovering account is healthy again, its trial is over."""
+        h = self.view.health_of(account.id)
+        if (changes := recovery.judge_success(h, time.time())) is not None:
+            self._put_health(h.model_copy(update=changes))
+        self._end_trial(run, account.id)
+
+    async def _wait_for_account(self, run: Run, responder: ClientAnswer, skipped: list[SkipReason]) -> bool:
+        """Wait in the queue until an account may be back (True: choose again), or say no at once (False)."""
+        now, mono = time.time(), time.monotonic()
+        classes = {s.account_id: self.view.health_of(s.account_id).cooldown_class or ""
+                   for s in skipped if s.reason == "cooldown"}
+        earliest = earliest_available(skipped, now, classes)
+        # The wait budget is per request: a second wait (its chosen account failed after the first) uses what is left.
+        waited_before = run.wait_deadline > 0
+        wait_left = run.wait_deadline - mono if waited_before else self.config.max_wait_s
+        why = refusal(earliest, now=now, wait_left_s=wait_left, waiting=len(self.queue),
+                      max_waiting=self.config.max_waiting, queued=waited_before)
+        if why is not None or earliest is None:
+            if waited_before:
+                log.info("request %s stops waiting: %s", run.admitted.request_id, why)
+            return False
+        if run.waiter is None:
+            run.waiter = self.queue.enter()
+            if not waited_before:
+                run.wait_deadline = mono + self.config.max_wait_s
+            self._phase(run, "queued", None)
+        target = mono + (earliest - now)
+        self.queue.wake_at(target)
+        while True:
+            mono = time.monotonic()
+            woken = await run.waiter.wait(min(POLL_S, max(0.0, target - mono)))
+            if responder.disconnected():
+                run.gone_while_queued = True
+                return False
+            if woken or time.monotonic() >= target:
+                self.view.refresh()
+                return True
+
+    def _leave_queue(self, run: Run) -> None:
+        if run.waiter is not None:
+            run.queue_wait_s += time.monotonic() - run.waiter.entered
+            run.waiter.leave()
+            run.waiter = None
 
     def _served_by(self, run: Run, account: Account) -> None:
         self.view.remember_affinity(run.admitted.session_key, account.id)
@@ -250,6 +359,7 @@ class Router:
                 if cls is FailureClass.INVALID_REQUEST:
                     # Not the account's fault: the client gets the upstream's answer as it is.
                     self._attempt_row(run, account, status, cls, started, refreshed)
+                    self._on_commit(run, account)
                     run.headers_at = time.monotonic()
                     run.account_id, run.status, run.outcome = account.id, status, cls
                     run.brief = error_brief(status, body)
@@ -291,6 +401,7 @@ class Router:
                                                refreshed=refreshed)
         # Commit: from here on this account answers the client.
         self._attempt_row(run, account, response.status, FailureClass.OK, started, refreshed)
+        self._on_commit(run, account)
         run.account_id, run.status, run.outcome = account.id, response.status, FailureClass.OK
         self._phase(run, "streaming", account.id)
         shaper = plan.shaper
@@ -422,8 +533,13 @@ class Router:
         if until is not None:
             if cls is FailureClass.MODEL_RESTRICTED and model:
                 update["model_cooldowns"] = {**h.model_cooldowns, model: until}
-            elif until > (h.cooldown_until or 0):
-                update.update(cooldown_until=until, cooldown_reason=brief, cooldown_class=cls.value)
+            else:
+                # Escalation, the transient threshold and half-open state (recovery.py).
+                verdict = recovery.judge_failure(h, cls, until, settings=self.view.settings, now=now)
+                update.update(verdict.changes)
+                until = verdict.cooldown_until
+                if until is not None and until > (h.cooldown_until or 0):
+                    update.update(cooldown_until=until, cooldown_reason=brief, cooldown_class=cls.value)
         self._put_health(h.model_copy(update=update))
         return until
 
@@ -492,6 +608,7 @@ class Router:
             "input_tokens": usage.input_tokens, "cached_input_tokens": usage.cached_input_tokens,
             "output_tokens": usage.output_tokens, "reasoning_tokens": usage.reasoning_tokens,
             "total_tokens": usage.total_tokens, "session_key": a.session_key,
+            "queue_wait_ms": round(run.queue_wait_s * 1000, 2) if run.queue_wait_s else None,
         }, attempts=run.attempts))
 
 

@@ -348,6 +348,30 @@ def m002_request_minute_stats(db: sqlite_utils.Database) -> None:
                    f"WHERE r.started_at IS NOT NULL AND r.{col} IS NOT NULL GROUP BY 1, 3")
 
 
+# ---------------------------------------------------------------- m003: recovery state and queue waits
+
+
+@MIGRATIONS()
+def m003_recovery_and_queue_wait(db: sqlite_utils.Database) -> None:
+    """Half-open recovery state in `account_health` and each request's queue wait (issue 13).
+
+    - `account_health`: `recovering`, `failure_streak`, `streak_class`, `transient_count`, `transient_since`,
+      `recovery_at` (see `recovery.py`), and the half-open trial's lease `trial_until` / `trial_owner`, which
+      only `trial_claims` writes (a conditional UPDATE: one trial across every process sharing the pool).
+    - `requests.queue_wait_ms`: how long the request waited for an account (NULL: it never waited). The
+      per-minute rollup does not carry it: its triggers belong to m002, and the few queued rows are read
+      from `requests` through a partial index instead.
+    """
+    health = db["account_health"]
+    for name, kind in (("recovering", int), ("failure_streak", int), ("streak_class", str),
+                       ("transient_count", int), ("transient_since", float), ("recovery_at", float),
+                       ("trial_until", float), ("trial_owner", str)):
+        health.add_column(name, kind)
+    db["requests"].add_column("queue_wait_ms", float)
+    db.execute("CREATE INDEX requests_queued ON requests (started_at, queue_wait_ms) "
+               "WHERE queue_wait_ms IS NOT NULL")
+
+
 # ---------------------------------------------------------------- m004: usage history for forecasts
 
 

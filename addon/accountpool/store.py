@@ -17,7 +17,15 @@ from typing import Any
 
 import sqlite_utils
 
-from .models import Account, AccountHealth, PoolSettings, RateLimitObservation, UsageWindow, merge_health
+from .models import (
+    RECOVERY_FIELDS,
+    Account,
+    AccountHealth,
+    PoolSettings,
+    RateLimitObservation,
+    UsageWindow,
+    merge_health,
+)
 
 CLIENT_KEY_PREFIX = "ap-"
 
@@ -109,14 +117,17 @@ def set_auth_blocked(db: sqlite_utils.Database, account_id: str, error: str | No
 # ---------------------------------------------------------------- health
 
 _HEALTH_SCALARS = ("cooldown_until", "cooldown_reason", "cooldown_class", "last_error", "last_error_class",
-                   "last_error_at", "last_used_at", "usage_seen_at", "ratelimit_seen_at")
+                   "last_error_at", "last_used_at", "usage_seen_at", "ratelimit_seen_at", *RECOVERY_FIELDS)
+_LOADED_ONLY = ("trial_until",)
+"""Read into AccountHealth but never written by `save_health` (owned by `trial_claims`)."""
 _RL_COLUMNS = {f"rl_{name}": name for name in RateLimitObservation.model_fields}
 
 
 def health_from_row(row: dict[str, Any], model_cooldowns: dict[str, float] | None = None) -> AccountHealth:
     return AccountHealth(
         account_id=row["account_id"],
-        **{k: row.get(k) for k in _HEALTH_SCALARS},
+        # Columns a migration added are NULL in older rows: the model's default stands for them.
+        **{k: v for k in (*_HEALTH_SCALARS, *_LOADED_ONLY) if (v := row.get(k)) is not None},
         model_cooldowns=model_cooldowns or {},
         primary=UsageWindow(used_percent=row.get("primary_used_percent"),
                             window_minutes=row.get("primary_window_minutes"),

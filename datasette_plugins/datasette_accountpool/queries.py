@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlite_utils
-from accountpool import store
+from accountpool import recovery, store
 from accountpool.models import FailureClass
 
 RAW_ROW_LIMIT = 10_000
@@ -106,6 +106,7 @@ def overview(conn: sqlite3.Connection, window: Window, now: float | None = None,
         "exact": not use_rollup,
         **aggregates,
         "inflight": inflight(conn, labels),
+        "queue": queue_stats(conn, since),
         "recent": recent_requests(conn, labels),
         "recent_failures": recent_failures(conn, since, labels),
         "audit": audit_entries(conn, labels),
@@ -246,6 +247,24 @@ def _rollup_aggregates(conn: sqlite3.Connection, window: Window, since: float, n
             "outcomes": rows_of("outcome"), "top": top, "timeline": {"step": window.step, "buckets": timeline}}
 
 
+def queue_stats(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
+    """Requests waiting for an account now (their `inflight` phase) and the waits of the window's queued requests.
+
+    Read from `requests` directly (the rollup does not carry `queue_wait_ms`): only queued requests have a value,
+    and the partial index `requests_queued` holds just those rows, so this stays small however big the table is.
+    Percentiles are nearest-rank over the queued requests (a request that never waited is not a 0 in them)."""
+    waiting = conn.execute("SELECT count(*) FROM inflight WHERE phase = 'queued'").fetchone()[0]
+    has_column = any(r[1] == "queue_wait_ms" for r in conn.execute("PRAGMA table_info(requests)"))
+    waits: list[float] = []
+    if has_column:
+        waits = [r[0] for r in conn.execute(
+            "SELECT queue_wait_ms FROM requests WHERE started_at >= ? AND queue_wait_ms IS NOT NULL "
+            "ORDER BY queue_wait_ms", [since])]
+    n = len(waits)
+    return {"waiting_now": waiting, "queued": n,
+            **{f"p{p}": waits[nearest_rank(p, n) - 1] if n else None for p in (50, 95)}}
+
+
 # ---------------------------------------------------------------- lists
 
 _REQUEST_COLUMNS = ("id, started_at, finished_at, client_key_label, method, endpoint, model, stream, account_id, "
@@ -328,6 +347,7 @@ def accounts_page(conn: sqlite3.Connection, now: float | None = None) -> dict[st
         rows.append({"account": account, "health": h, "last_used_at": last_used,
                      "requests_24h": s.get("requests") or 0, "failures_24h": s.get("failures") or 0,
                      "cooling": bool(h and h.cooldown_until and h.cooldown_until > now),
+                     "recovery": recovery.state_of(h, now).value,
                      "model_cooldowns": sorted((h.model_cooldowns if h else {}).items())})
     return {"now": now, "rows": rows}
 

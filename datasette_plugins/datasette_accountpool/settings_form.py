@@ -29,6 +29,13 @@ LABELS = {
                                 "rank, first use a login whose weekly window resets within 24 h and will not "
                                 "run out before it (use it or lose it). Never overrides cooldowns, plan order, "
                                 "session affinity, pinning or sequential mode's current account."),
+    "cooldown_escalation_factor": ("Cooldown escalation factor", "Each consecutive rate limit or upstream error "
+                                   "multiplies the next cooldown by this (1: no escalation)."),
+    "cooldown_max_s": ("Longest escalated cooldown (s)", "Escalation stops here; an upstream Retry-After can "
+                       "still be longer."),
+    "transient_threshold": ("Upstream errors before a cooldown", "5xx / connection failures within the window "
+                            "that cool an account down (1: every one)."),
+    "transient_window_s": ("Upstream error window (s)", "The window those failures are counted in."),
 }
 OVERRIDE_FIELDS = ("context_window", "auto_compact_token_limit")
 _ROW_KEY = re.compile(r"^ov-(\d+)-(model|context_window|auto_compact_token_limit|remove)$")
@@ -89,8 +96,10 @@ def parse_form(post: dict[str, str]) -> tuple[PoolSettings | None, SettingsForm]
     for f in scalar_fields():
         if f.kind == "checkbox":  # an unticked box is simply absent from the POST
             values[f.name] = post.get(f.name, "") not in ("", "0", "off")
-        else:
-            values[f.name] = post.get(f.name, "").strip()
+        elif f.name in post:
+            values[f.name] = post[f.name].strip()
+        # A field missing from the POST altogether (a form saved before the setting existed, a script) takes its
+        # default; one sent empty is an error beside the field.
     rows: dict[int, dict[str, str]] = {}
     for key, value in post.items():
         match = _ROW_KEY.match(key)
