@@ -51,11 +51,10 @@ def build_demo_pool(db_path: Path, sim: SimulatedUpstream) -> str:
             auth = sim.add_chatgpt_login(upstream_id, email=f"{label}@example.com", plan=plan, access_ttl_s=ttl)
             pending = account_admin.parse_codex_auth(auth, label, label=label)
             account_admin.apply_import(db, secrets, [pending], actor="demo")
-        # The first trouble comes at once (the end-to-end test runs the demo for 8 s); `inject_faults` goes on.
-        # The usage sweep makes the logins known-good first choices, so their faults show failover.
-        sim.script("acct-demo-pro", [{"kind": "expired", "count": 1}, {"kind": "server_error", "count": 1},
-                                     {"kind": "inband_error", "count": 1}])
-        sim.script("acct-demo-plus", [{"kind": "server_error", "count": 1}])
+        # The first trouble comes at once, on the API key that model listings try first (the end-to-end test
+        # runs the demo for 8 s); `inject_faults` goes on from there. The logins start clean: the usage sweep
+        # probes them at start-up (a fault scripted now would answer the probe), which makes them the
+        # known-good first choices, so their later faults show failover.
         sim.script(keys["alpha-team-key"], [{"kind": "server_error", "count": 2},
                                             {"kind": "rate_limit", "retry_after": 10}])
         sim.set_usage("acct-demo-pro", primary_used_percent=35.0, secondary_used_percent=20.0)
