@@ -58,7 +58,7 @@ def build_demo_pool(db_path: Path, sim: SimulatedUpstream) -> str:
         sim.script(keys["alpha-team-key"], [{"kind": "server_error", "count": 2},
                                             {"kind": "rate_limit", "retry_after": 10}])
         sim.set_usage("acct-demo-pro", primary_used_percent=35.0, secondary_used_percent=20.0)
-        sim.set_usage("acct-demo-plus", primary_used_percent=40.0, secondary_used_percent=22.0)
+        sim.set_usage("acct-demo-plus", primary_used_percent=40.0, secondary_used_percent=20.5)
         _, client_key = store.create_client_key(db, "demo-client", actor="demo")
     finally:
         secrets.close()
@@ -78,6 +78,10 @@ FAULT_CYCLE: tuple[tuple[str, dict], ...] = (
     ("acct-demo-pro", {"kind": "reset"}),
 )
 """What goes wrong upstream during the demo, one fault every few seconds, round the accounts."""
+DRIFT_PER_TICK = {"acct-demo-pro": 0.4, "acct-demo-plus": 0.2}
+"""5-hour used % added per fault tick (weekly: a quarter of it): pro burns ~24 %/h, plus ~12 %/h, so its
+weekly use overtakes plus's within a few minutes and balanced mode moves traffic, and the forecasts on the
+accounts page have plausible slopes."""
 
 
 def inject_faults(sim: SimulatedUpstream, stop: threading.Event, every_s: float = 6.0) -> None:
@@ -88,10 +92,10 @@ def inject_faults(sim: SimulatedUpstream, stop: threading.Event, every_s: float 
     while not stop.wait(every_s):
         credential, fault = FAULT_CYCLE[i % len(FAULT_CYCLE)]
         sim.script(credential, [fault])
-        for login, step in (("acct-demo-pro", 1.5), ("acct-demo-plus", 1.0)):
+        for login, step in DRIFT_PER_TICK.items():
             usage = sim.usage_of(login)
             sim.set_usage(login, primary_used_percent=min(95.0, usage.primary_used_percent + step),
-                          secondary_used_percent=min(95.0, usage.secondary_used_percent + step / 2))
+                          secondary_used_percent=min(95.0, usage.secondary_used_percent + step / 4))
         i += 1
 
 
