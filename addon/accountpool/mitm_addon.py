@@ -25,6 +25,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 from mitmproxy.utils.asyncio_utils import create_task
 
 from . import addon_options, errors
+from .admitted import Admitted
 from .client_auth import FailedAuthThrottle, bearer_value, key_fingerprint, proxy_auth_key
 from .errors import ErrorAnswer
 from .metrics_writer import ClientKeyUse, MetricsWriter, RequestRecord
@@ -32,7 +33,7 @@ from .paths import secrets_path_for
 from .pool_view import PoolView
 from .relay import TICKET_HEADER, BufferedResponder, Relay, answers_whole
 from .request_paths import PathVerdict, check_path, is_pooled
-from .router import Admitted, Router, RouterConfig
+from .router import Router, RouterConfig
 from .store import match_client_key
 from .upstream_client import UpstreamClient
 from .usage_sweep import UsageSweeper

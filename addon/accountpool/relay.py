@@ -20,9 +20,10 @@ import time
 from collections.abc import Callable
 
 from . import errors
+from .admitted import Admitted
 from .models import FailureClass
 from .relay_server import RelayRequest, RelayServer, Responder
-from .router import WHOLE_READ_LIMIT, Admitted, Router
+from .router import WHOLE_READ_LIMIT, Router
 
 TICKET_HEADER = "x-accountpool-ticket"
 TICKET_TTL_S = 120.0

@@ -12,16 +12,14 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import translate_chat
+from .admitted import Admitted
 from .models import Account, AccountKind, ModelOverride
 from .secrets_store import Credentials
 from .sse_usage import SseScanner, TokenUsage, usage_from_dict
 from .upstream_request import client_response_headers, upstream_headers, upstream_url
-
-if TYPE_CHECKING:
-    from .router import Admitted
 
 CATALOG_PATHS = ("/v1/models", "/backend-api/codex/models")
 CATALOG_BODY_LIMIT = 4 * 1024 * 1024

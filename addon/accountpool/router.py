@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from . import errors, recovery
 from .admission_queue import POLL_S, AdmissionQueue, Waiter, earliest_available, refusal
+from .admitted import Admitted
 from .classify import classify_attempt, cooldown_until, error_brief
 from .errors import FailureLog
 from .metrics_writer import HealthUpdate, InflightUpdate, MetricsWriter, RequestRecord, StateUpdate, TrialRelease
@@ -67,26 +68,6 @@ class ClientAnswer(Protocol):
     async def end(self) -> None: ...
     async def whole(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None: ...
     def abort(self) -> None: ...
-
-
-@dataclass
-class Admitted:
-    """A client request the addon has authenticated and parsed; the relay picks it up by ticket."""
-
-    request_id: str
-    started_at: float
-    t0: float
-    method: str
-    path: str
-    endpoint: str
-    client_label: str | None
-    headers: list[tuple[str, str]]
-    body: bytes
-    json_body: dict[str, Any] | None
-    model: str | None
-    stream: bool
-    session_key: str | None
-    pinned_account: str | None
 
 
 @dataclass
