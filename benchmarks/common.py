@@ -115,8 +115,9 @@ class PoolFiles:
 
 def make_pool(workdir: Path, sim_url: str) -> PoolFiles:
     """Two healthy API-key accounts pointing at the simulator and one client key."""
-    from accountpool import account_admin, schema, store
-    from accountpool.secrets_store import SecretsStore
+    from accountpool import account_admin
+    from accountpool.storage import schema, store
+    from accountpool.storage.secrets_store import SecretsStore
 
     db_path, secrets_path = workdir / "pool.db", workdir / "pool.secrets"
     db = schema.connect(db_path)

@@ -6,11 +6,11 @@ import base64
 import json
 
 import pytest
-from accountpool import schema
 from accountpool.addon_options import is_loopback
 from accountpool.client_auth import bearer_value, proxy_auth_key
 from accountpool.mitm_addon import POOLED, AccountPool, BadRequest, parse_body, session_key
-from accountpool.secrets_store import SecretsStore
+from accountpool.storage import schema
+from accountpool.storage.secrets_store import SecretsStore
 from mitmproxy import exceptions, http
 from mitmproxy.flow import Error
 from mitmproxy.proxy.mode_specs import ProxyMode

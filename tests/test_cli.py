@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from accountpool import account_admin, schema, store
-from accountpool.secrets_store import SecretsStore
+from accountpool import account_admin
 from accountpool.simulator import SimulatedUpstream
+from accountpool.storage import schema, store
+from accountpool.storage.secrets_store import SecretsStore
 from helpers_pool import all_tokens, assert_clean_error, make_auth_json, run_cli, run_cli_many, write_json
 
 LIST_FIELDS = {"id", "label", "kind", "plan", "enabled", "auth_blocked"}

@@ -1,9 +1,9 @@
 """The background usage probe: real simulator, real pool files, no mitmdump needed."""
 
 import httpx
-from accountpool import store
-from accountpool.metrics_writer import MetricsWriter
-from accountpool.pool_view import PoolView
+from accountpool.storage import store
+from accountpool.storage.metrics_writer import MetricsWriter
+from accountpool.storage.pool_view import PoolView
 from accountpool.usage_sweep import UsageSweeper, accounts_to_probe
 
 

@@ -13,11 +13,11 @@ from typing import Any
 
 from mitmproxy import exceptions
 
-from .models import PoolSettings
-from .oauth import DEFAULT_TOKEN_URL
-from .paths import default_db_path
-from .upstream_request import DEFAULT_CHATGPT_BASE
-from .usage_sweep import DEFAULT_USAGE_URL
+from accountpool.models import PoolSettings
+from accountpool.oauth import DEFAULT_TOKEN_URL
+from accountpool.storage.paths import default_db_path
+from accountpool.upstream_request import DEFAULT_CHATGPT_BASE
+from accountpool.usage_sweep import DEFAULT_USAGE_URL
 
 log = logging.getLogger("accountpool")
 

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 
-from .models import LIMIT_CLASSES, SkipReason
+from accountpool.models import LIMIT_CLASSES, SkipReason
 
 _LIMIT_VALUES = frozenset(c.value for c in LIMIT_CLASSES)
 POLL_S = 0.25

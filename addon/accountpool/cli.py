@@ -17,10 +17,11 @@ from pathlib import Path
 
 import sqlite_utils
 
-from . import account_admin, schema, store
-from .oauth import DEFAULT_TOKEN_URL, RefreshError
-from .paths import default_db_path, secrets_path_for
-from .secrets_store import SecretsStore, SecretsStoreError
+from accountpool import account_admin
+from accountpool.oauth import DEFAULT_TOKEN_URL, RefreshError
+from accountpool.storage import schema, store
+from accountpool.storage.paths import default_db_path, secrets_path_for
+from accountpool.storage.secrets_store import SecretsStore, SecretsStoreError
 
 ADDON_SCRIPT = Path(__file__).with_name("mitmproxy_script.py")
 
@@ -149,7 +150,7 @@ def cmd_client_key(args: argparse.Namespace) -> None:
 
 
 def cmd_forecast(args: argparse.Namespace) -> None:
-    from .forecast_report import forecast_rows, forecast_table
+    from accountpool.forecast_report import forecast_rows, forecast_table
 
     db, _ = _open(args)
     rows = forecast_rows(db)
@@ -161,7 +162,7 @@ def cmd_addon_path(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
+    from accountpool.demo import run_demo
 
     run_demo(db_path=Path(args.db), seconds=args.seconds, datasette_port=args.datasette_port,
              proxy_port=args.proxy_port)

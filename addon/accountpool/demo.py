@@ -20,10 +20,11 @@ from pathlib import Path
 
 import httpx
 
-from . import account_admin, schema, store
-from .local_ports import port_open, wait_for_port
-from .secrets_store import SecretsStore
-from .simulator import SimulatedUpstream
+from accountpool import account_admin
+from accountpool.local_ports import port_open, wait_for_port
+from accountpool.simulator import SimulatedUpstream
+from accountpool.storage import schema, store
+from accountpool.storage.secrets_store import SecretsStore
 
 ADDON_SCRIPT = Path(__file__).with_name("mitmproxy_script.py")
 BIN = Path(sys.executable).parent

@@ -12,8 +12,8 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .human_time import duration
-from .models import LIMIT_CLASSES, FailureClass, SkipReason
+from accountpool.human_time import duration
+from accountpool.models import LIMIT_CLASSES, FailureClass, SkipReason
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from typing import Any
 
 import sqlite_utils
 
-from . import store, usage_history
-from .forecast import WINDOW_NAMES, describe
+from accountpool.forecast import WINDOW_NAMES, describe
+from accountpool.storage import store, usage_history
 
 
 def forecast_rows(db: sqlite_utils.Database, now: float | None = None) -> list[dict[str, Any]]:

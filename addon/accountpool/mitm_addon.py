@@ -24,19 +24,19 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy.mode_specs import ReverseMode
 from mitmproxy.utils.asyncio_utils import create_task
 
-from . import addon_options, errors
-from .admitted import Admitted
-from .client_auth import FailedAuthThrottle, bearer_value, key_fingerprint, proxy_auth_key
-from .errors import ErrorAnswer
-from .metrics_writer import ClientKeyUse, MetricsWriter, RequestRecord
-from .paths import secrets_path_for
-from .pool_view import PoolView
-from .relay import TICKET_HEADER, BufferedResponder, Relay, answers_whole
-from .request_paths import PathVerdict, check_path, is_pooled
-from .router import Router, RouterConfig
-from .store import match_client_key
-from .upstream_client import UpstreamClient
-from .usage_sweep import UsageSweeper
+from accountpool import addon_options, errors
+from accountpool.admitted import Admitted
+from accountpool.client_auth import FailedAuthThrottle, bearer_value, key_fingerprint, proxy_auth_key
+from accountpool.errors import ErrorAnswer
+from accountpool.relay import TICKET_HEADER, BufferedResponder, Relay, answers_whole
+from accountpool.request_paths import PathVerdict, check_path, is_pooled
+from accountpool.router import Router, RouterConfig
+from accountpool.storage.metrics_writer import ClientKeyUse, MetricsWriter, RequestRecord
+from accountpool.storage.paths import secrets_path_for
+from accountpool.storage.pool_view import PoolView
+from accountpool.storage.store import match_client_key
+from accountpool.upstream_client import UpstreamClient
+from accountpool.usage_sweep import UsageSweeper
 
 log = logging.getLogger("accountpool")
 

@@ -19,11 +19,11 @@ import secrets
 import time
 from collections.abc import Callable
 
-from . import errors
-from .admitted import Admitted
-from .models import FailureClass
-from .relay_server import RelayRequest, RelayServer, Responder
-from .router import WHOLE_READ_LIMIT, Router
+from accountpool import errors
+from accountpool.admitted import Admitted
+from accountpool.models import FailureClass
+from accountpool.relay_server import RelayRequest, RelayServer, Responder
+from accountpool.router import WHOLE_READ_LIMIT, Router
 
 TICKET_HEADER = "x-accountpool-ticket"
 TICKET_TTL_S = 120.0

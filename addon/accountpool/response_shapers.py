@@ -14,12 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import translate_chat
-from .admitted import Admitted
-from .models import Account, AccountKind, ModelOverride
-from .secrets_store import Credentials
-from .sse_usage import SseScanner, TokenUsage, usage_from_dict
-from .upstream_request import client_response_headers, upstream_headers, upstream_url
+from accountpool import translate_chat
+from accountpool.admitted import Admitted
+from accountpool.models import Account, AccountKind, ModelOverride
+from accountpool.sse_usage import SseScanner, TokenUsage, usage_from_dict
+from accountpool.storage.secrets_store import Credentials
+from accountpool.upstream_request import client_response_headers, upstream_headers, upstream_url
 
 CATALOG_PATHS = ("/v1/models", "/backend-api/codex/models")
 CATALOG_BODY_LIMIT = 4 * 1024 * 1024

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from . import schema, store
-from .jwt_claims import token_expiry
-from .oauth import RefreshError, client_id_for, refresh_sync
-from .secrets_store import Credentials, SecretsStore
+from accountpool.jwt_claims import token_expiry
+from accountpool.oauth import RefreshError, client_id_for, refresh_sync
+from accountpool.storage import schema, store
+from accountpool.storage.secrets_store import Credentials, SecretsStore
 
 log = logging.getLogger("accountpool.refresh")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .models import Account, AccountKind
-from .request_paths import has_dot_segment
+from accountpool.models import Account, AccountKind
+from accountpool.request_paths import has_dot_segment
 
 DEFAULT_API_BASE = "https://api.openai.com"
 DEFAULT_CHATGPT_BASE = "https://chatgpt.com/backend-api/codex"

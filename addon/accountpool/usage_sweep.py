@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 import httpx
 
-from .metrics_writer import HealthUpdate, MetricsWriter
-from .models import Account, AccountKind
-from .pool_view import PoolView
-from .usage_headers import usage_from_wham
+from accountpool.models import Account, AccountKind
+from accountpool.storage.metrics_writer import HealthUpdate, MetricsWriter
+from accountpool.storage.pool_view import PoolView
+from accountpool.usage_headers import usage_from_wham
 
 log = logging.getLogger("accountpool.usage")
 

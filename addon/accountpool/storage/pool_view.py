@@ -15,9 +15,9 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from . import schema, store
-from .models import Account, AccountHealth, PoolSettings, merge_health
-from .secrets_store import Credentials, SecretsStore
+from accountpool.models import Account, AccountHealth, PoolSettings, merge_health
+from accountpool.storage import schema, store
+from accountpool.storage.secrets_store import Credentials, SecretsStore
 
 log = logging.getLogger("accountpool.pool")
 

@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .forecast import WINDOWS, Forecast, Sample, forecast_window, is_reset_between, latest_forecast
-from .models import AccountHealth
+from accountpool.forecast import WINDOWS, Forecast, Sample, forecast_window, is_reset_between, latest_forecast
+from accountpool.models import AccountHealth
 
 SAMPLE_EVERY_S = 60.0
 POINTS = 300

@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from . import schema
+from accountpool.storage import schema
 
 log = logging.getLogger("accountpool.trial")
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import schema, store, trial_claims
-from .models import AccountHealth
-from .usage_history import UsageSampler
+from accountpool.models import AccountHealth
+from accountpool.storage import schema, store, trial_claims
+from accountpool.storage.usage_history import UsageSampler
 
 log = logging.getLogger("accountpool.metrics")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlite_utils
 
-from .models import (
+from accountpool.models import (
     RECOVERY_FIELDS,
     Account,
     AccountHealth,
