@@ -4,7 +4,7 @@ import httpx
 from accountpool.storage import store
 from accountpool.storage.metrics_writer import MetricsWriter
 from accountpool.storage.pool_view import PoolView
-from accountpool.usage_sweep import UsageSweeper, accounts_to_probe
+from accountpool.upstream.usage_sweep import UsageSweeper, accounts_to_probe
 
 
 async def test_sweep_updates_enabled_logins_and_skips_disabled(pool_env, sim):

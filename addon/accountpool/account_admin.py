@@ -14,12 +14,12 @@ from typing import Any
 
 import sqlite_utils
 
-from accountpool.jwt_claims import chatgpt_identity, token_expiry
 from accountpool.models import Account, AccountKind
-from accountpool.oauth import DEFAULT_TOKEN_URL, RefreshError
 from accountpool.storage import store
 from accountpool.storage.secrets_store import Credentials, SecretsStore
-from accountpool.token_rotation import rotate_tokens
+from accountpool.upstream.jwt_claims import chatgpt_identity, token_expiry
+from accountpool.upstream.oauth import DEFAULT_TOKEN_URL, RefreshError
+from accountpool.upstream.token_rotation import rotate_tokens
 
 EXPORT_FORMAT = "accountpool-export"
 MAX_IMPORT_FILE_BYTES = 1_000_000

@@ -14,10 +14,10 @@ from typing import Any
 from mitmproxy import exceptions
 
 from accountpool.models import PoolSettings
-from accountpool.oauth import DEFAULT_TOKEN_URL
 from accountpool.storage.paths import default_db_path
-from accountpool.upstream_request import DEFAULT_CHATGPT_BASE
-from accountpool.usage_sweep import DEFAULT_USAGE_URL
+from accountpool.upstream.oauth import DEFAULT_TOKEN_URL
+from accountpool.upstream.upstream_request import DEFAULT_CHATGPT_BASE
+from accountpool.upstream.usage_sweep import DEFAULT_USAGE_URL
 
 log = logging.getLogger("accountpool")
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import sqlite_utils
 
 from accountpool import account_admin
-from accountpool.oauth import DEFAULT_TOKEN_URL, RefreshError
 from accountpool.storage import schema, store
 from accountpool.storage.paths import default_db_path, secrets_path_for
 from accountpool.storage.secrets_store import SecretsStore, SecretsStoreError
+from accountpool.upstream.oauth import DEFAULT_TOKEN_URL, RefreshError
 
 ADDON_SCRIPT = Path(__file__).with_name("mitmproxy_script.py")
 

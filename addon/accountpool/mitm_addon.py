@@ -29,14 +29,14 @@ from accountpool.admitted import Admitted
 from accountpool.client_auth import FailedAuthThrottle, bearer_value, key_fingerprint, proxy_auth_key
 from accountpool.errors import ErrorAnswer
 from accountpool.relay import TICKET_HEADER, BufferedResponder, Relay, answers_whole
-from accountpool.request_paths import PathVerdict, check_path, is_pooled
 from accountpool.router import Router, RouterConfig
 from accountpool.storage.metrics_writer import ClientKeyUse, MetricsWriter, RequestRecord
 from accountpool.storage.paths import secrets_path_for
 from accountpool.storage.pool_view import PoolView
 from accountpool.storage.store import match_client_key
-from accountpool.upstream_client import UpstreamClient
-from accountpool.usage_sweep import UsageSweeper
+from accountpool.upstream.request_paths import PathVerdict, check_path, is_pooled
+from accountpool.upstream.upstream_client import UpstreamClient
+from accountpool.upstream.usage_sweep import UsageSweeper
 
 log = logging.getLogger("accountpool")
 

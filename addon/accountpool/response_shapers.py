@@ -17,9 +17,9 @@ from typing import Any
 from accountpool import translate_chat
 from accountpool.admitted import Admitted
 from accountpool.models import Account, AccountKind, ModelOverride
-from accountpool.sse_usage import SseScanner, TokenUsage, usage_from_dict
 from accountpool.storage.secrets_store import Credentials
-from accountpool.upstream_request import client_response_headers, upstream_headers, upstream_url
+from accountpool.upstream.sse_usage import SseScanner, TokenUsage, usage_from_dict
+from accountpool.upstream.upstream_request import client_response_headers, upstream_headers, upstream_url
 
 CATALOG_PATHS = ("/v1/models", "/backend-api/codex/models")
 CATALOG_BODY_LIMIT = 4 * 1024 * 1024

@@ -20,13 +20,10 @@ from typing import Any, Protocol
 from accountpool import errors, recovery
 from accountpool.admission_queue import POLL_S, AdmissionQueue, Waiter, earliest_available, refusal
 from accountpool.admitted import Admitted
-from accountpool.classify import classify_attempt, cooldown_until, error_brief
 from accountpool.errors import FailureLog
 from accountpool.models import Account, AccountHealth, AccountKind, FailureClass, SkipReason
-from accountpool.oauth import RefreshError
 from accountpool.response_shapers import AttemptPlan, plan_attempt
 from accountpool.selection import choose_candidates
-from accountpool.sse_usage import StreamWatcher, TokenUsage, usage_from_json_body
 from accountpool.storage.metrics_writer import (
     HealthUpdate,
     InflightUpdate,
@@ -38,9 +35,12 @@ from accountpool.storage.metrics_writer import (
 from accountpool.storage.pool_view import SEQUENTIAL_KEY, PoolView
 from accountpool.storage.secrets_store import Credentials
 from accountpool.storage.trial_claims import TRIAL_RECHECK_S, TrialClaims, TrialGate
-from accountpool.token_rotation import access_expiry, rotate_tokens
-from accountpool.upstream_client import UpstreamClient, UpstreamError, UpstreamResponse
-from accountpool.usage_headers import parse_usage_headers
+from accountpool.upstream.classify import classify_attempt, cooldown_until, error_brief
+from accountpool.upstream.oauth import RefreshError
+from accountpool.upstream.sse_usage import StreamWatcher, TokenUsage, usage_from_json_body
+from accountpool.upstream.token_rotation import access_expiry, rotate_tokens
+from accountpool.upstream.upstream_client import UpstreamClient, UpstreamError, UpstreamResponse
+from accountpool.upstream.usage_headers import parse_usage_headers
 
 log = logging.getLogger("accountpool.router")
 

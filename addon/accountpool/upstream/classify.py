@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from accountpool.models import AccountKind, FailureClass, PoolSettings
-from accountpool.usage_headers import parse_duration_s, parse_usage_headers
+from accountpool.upstream.usage_headers import parse_duration_s, parse_usage_headers
 
 BODY_SCAN_LIMIT = 64 * 1024
 MAX_COOLDOWN_S = 7 * 86_400

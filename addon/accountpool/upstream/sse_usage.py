@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from accountpool.classify import classify_inband_event, error_brief
 from accountpool.models import FailureClass
+from accountpool.upstream.classify import classify_inband_event, error_brief
 
 FULL_PARSE_LIMIT = 8 * 1024 * 1024
 """Larger bodies are searched for their `usage` object instead of parsed whole."""

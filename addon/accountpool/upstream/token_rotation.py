@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from accountpool.jwt_claims import token_expiry
-from accountpool.oauth import RefreshError, client_id_for, refresh_sync
 from accountpool.storage import schema, store
 from accountpool.storage.secrets_store import Credentials, SecretsStore
+from accountpool.upstream.jwt_claims import token_expiry
+from accountpool.upstream.oauth import RefreshError, client_id_for, refresh_sync
 
 log = logging.getLogger("accountpool.refresh")
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from accountpool.classify import scrub_secrets
-from accountpool.jwt_claims import decode_jwt_claims
+from accountpool.upstream.classify import scrub_secrets
+from accountpool.upstream.jwt_claims import decode_jwt_claims
 
 DEFAULT_TOKEN_URL = "https://auth.openai.com/oauth/token"
 CODEX_CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from accountpool.models import Account, AccountKind
-from accountpool.request_paths import has_dot_segment
+from accountpool.upstream.request_paths import has_dot_segment
 
 DEFAULT_API_BASE = "https://api.openai.com"
 DEFAULT_CHATGPT_BASE = "https://chatgpt.com/backend-api/codex"

@@ -18,7 +18,7 @@ import httpx
 from accountpool.models import Account, AccountKind
 from accountpool.storage.metrics_writer import HealthUpdate, MetricsWriter
 from accountpool.storage.pool_view import PoolView
-from accountpool.usage_headers import usage_from_wham
+from accountpool.upstream.usage_headers import usage_from_wham
 
 log = logging.getLogger("accountpool.usage")
 
