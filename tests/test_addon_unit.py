@@ -145,7 +145,7 @@ async def test_request_hook_that_raises_answers_500_and_never_forwards(pool_db):
 
 
 def _admitted(json_body, stream):
-    from accountpool.admitted import Admitted
+    from accountpool.routing.admitted import Admitted
 
     return Admitted(request_id="req_1", started_at=0.0, t0=0.0, method="POST", path="/v1/responses",
                     endpoint="/v1/responses", client_label=None, headers=[], body=b"", json_body=json_body,

@@ -6,8 +6,8 @@ import asyncio
 import time
 
 import pytest
-from accountpool.admission_queue import AdmissionQueue, earliest_available, refusal
 from accountpool.models import AccountHealth, SkipReason
+from accountpool.routing.admission_queue import AdmissionQueue, earliest_available, refusal
 from accountpool.storage import schema, store
 from accountpool.storage.metrics_writer import HealthUpdate, MetricsWriter, TrialRelease
 from accountpool.storage.trial_claims import TrialClaims

@@ -24,12 +24,13 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy.mode_specs import ReverseMode
 from mitmproxy.utils.asyncio_utils import create_task
 
-from accountpool import addon_options, errors
-from accountpool.admitted import Admitted
+from accountpool import addon_options
 from accountpool.client_auth import FailedAuthThrottle, bearer_value, key_fingerprint, proxy_auth_key
-from accountpool.errors import ErrorAnswer
 from accountpool.relay import TICKET_HEADER, BufferedResponder, Relay, answers_whole
-from accountpool.router import Router, RouterConfig
+from accountpool.routing import errors
+from accountpool.routing.admitted import Admitted
+from accountpool.routing.errors import ErrorAnswer
+from accountpool.routing.router import Router, RouterConfig
 from accountpool.storage.metrics_writer import ClientKeyUse, MetricsWriter, RequestRecord
 from accountpool.storage.paths import secrets_path_for
 from accountpool.storage.pool_view import PoolView

@@ -19,11 +19,11 @@ import secrets
 import time
 from collections.abc import Callable
 
-from accountpool import errors
-from accountpool.admitted import Admitted
 from accountpool.models import FailureClass
 from accountpool.relay_server import RelayRequest, RelayServer, Responder
-from accountpool.router import WHOLE_READ_LIMIT, Router
+from accountpool.routing import errors
+from accountpool.routing.admitted import Admitted
+from accountpool.routing.router import WHOLE_READ_LIMIT, Router
 
 TICKET_HEADER = "x-accountpool-ticket"
 TICKET_TTL_S = 120.0

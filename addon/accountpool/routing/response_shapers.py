@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from accountpool import translate_chat
-from accountpool.admitted import Admitted
 from accountpool.models import Account, AccountKind, ModelOverride
+from accountpool.routing.admitted import Admitted
 from accountpool.storage.secrets_store import Credentials
 from accountpool.upstream.sse_usage import SseScanner, TokenUsage, usage_from_dict
 from accountpool.upstream.upstream_request import client_response_headers, upstream_headers, upstream_url

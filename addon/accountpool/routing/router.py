@@ -17,13 +17,13 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from accountpool import errors, recovery
-from accountpool.admission_queue import POLL_S, AdmissionQueue, Waiter, earliest_available, refusal
-from accountpool.admitted import Admitted
-from accountpool.errors import FailureLog
 from accountpool.models import Account, AccountHealth, AccountKind, FailureClass, SkipReason
-from accountpool.response_shapers import AttemptPlan, plan_attempt
-from accountpool.selection import choose_candidates
+from accountpool.routing import errors, recovery
+from accountpool.routing.admission_queue import POLL_S, AdmissionQueue, Waiter, earliest_available, refusal
+from accountpool.routing.admitted import Admitted
+from accountpool.routing.errors import FailureLog
+from accountpool.routing.response_shapers import AttemptPlan, plan_attempt
+from accountpool.routing.selection import choose_candidates
 from accountpool.storage.metrics_writer import (
     HealthUpdate,
     InflightUpdate,
