@@ -6,9 +6,9 @@ import base64
 import json
 
 import pytest
-from accountpool.addon_options import is_loopback
-from accountpool.client_auth import bearer_value, proxy_auth_key
-from accountpool.mitm_addon import POOLED, AccountPool, BadRequest, parse_body, session_key
+from accountpool.proxy.addon_options import is_loopback
+from accountpool.proxy.client_auth import bearer_value, proxy_auth_key
+from accountpool.proxy.mitm_addon import POOLED, AccountPool, BadRequest, parse_body, session_key
 from accountpool.storage import schema
 from accountpool.storage.secrets_store import SecretsStore
 from mitmproxy import exceptions, http
@@ -153,7 +153,7 @@ def _admitted(json_body, stream):
 
 
 def test_only_non_streamed_json_requests_are_answered_whole():
-    from accountpool.relay import answers_whole
+    from accountpool.proxy.relay import answers_whole
 
     assert answers_whole(_admitted({"model": "m"}, stream=False))
     assert not answers_whole(_admitted({"model": "m", "stream": True}, stream=True))
@@ -161,7 +161,7 @@ def test_only_non_streamed_json_requests_are_answered_whole():
 
 
 async def test_buffered_responder_refuses_to_hold_more_than_its_limit():
-    from accountpool.relay import BufferedResponder
+    from accountpool.proxy.relay import BufferedResponder
 
     answer = BufferedResponder(limit=10)
     await answer.start(200, [("content-type", "application/json")])

@@ -24,9 +24,9 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy.mode_specs import ReverseMode
 from mitmproxy.utils.asyncio_utils import create_task
 
-from accountpool import addon_options
-from accountpool.client_auth import FailedAuthThrottle, bearer_value, key_fingerprint, proxy_auth_key
-from accountpool.relay import TICKET_HEADER, BufferedResponder, Relay, answers_whole
+from accountpool.proxy import addon_options
+from accountpool.proxy.client_auth import FailedAuthThrottle, bearer_value, key_fingerprint, proxy_auth_key
+from accountpool.proxy.relay import TICKET_HEADER, BufferedResponder, Relay, answers_whole
 from accountpool.routing import errors
 from accountpool.routing.admitted import Admitted
 from accountpool.routing.errors import ErrorAnswer

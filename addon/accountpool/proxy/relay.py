@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from accountpool.models import FailureClass
-from accountpool.relay_server import RelayRequest, RelayServer, Responder
+from accountpool.proxy.relay_server import RelayRequest, RelayServer, Responder
 from accountpool.routing import errors
 from accountpool.routing.admitted import Admitted
 from accountpool.routing.router import WHOLE_READ_LIMIT, Router
