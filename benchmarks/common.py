@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from accountpool.local_ports import free_port, wait_for_port
+from accountpool.admin.local_ports import free_port, wait_for_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -115,7 +115,7 @@ class PoolFiles:
 
 def make_pool(workdir: Path, sim_url: str) -> PoolFiles:
     """Two healthy API-key accounts pointing at the simulator and one client key."""
-    from accountpool import account_admin
+    from accountpool.admin import account_admin
     from accountpool.storage import schema, store
     from accountpool.storage.secrets_store import SecretsStore
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from accountpool import account_admin
+from accountpool.admin import account_admin
 from accountpool.simulator import SimulatedUpstream
 from accountpool.storage import schema, store
 from accountpool.storage.secrets_store import SecretsStore
@@ -123,7 +123,7 @@ def test_db_and_secrets_from_environment(tmp_path: Path) -> None:
     db = tmp_path / "env" / "pool.db"
     secrets_file = tmp_path / "elsewhere" / "my.secrets"
     env = {"ACCOUNTPOOL_DB": str(db), "ACCOUNTPOOL_SECRETS": str(secrets_file)}
-    result = subprocess.run([sys.executable, "-m", "accountpool.cli", "init"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "accountpool.admin.cli", "init"], capture_output=True, text=True,
                             env={**os.environ, **env}, check=False, timeout=30)
     assert result.returncode == 0, result.stderr
     assert db.is_file() and secrets_file.is_file()

@@ -13,7 +13,7 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-from accountpool.local_ports import free_port
+from accountpool.admin.local_ports import free_port
 from accountpool.simulator import SimulatedUpstream
 from accountpool.upstream.upstream_client import UpstreamClient, UpstreamError
 

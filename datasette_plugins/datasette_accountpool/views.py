@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import sqlite_utils
-from accountpool import account_admin
+from accountpool.admin import account_admin
 from accountpool.models import Account, AccountKind
 from accountpool.storage import schema, store
 from accountpool.storage.secrets_store import SecretsStore, SecretsStoreError

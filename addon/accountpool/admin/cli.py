@@ -17,13 +17,13 @@ from pathlib import Path
 
 import sqlite_utils
 
-from accountpool import account_admin
+from accountpool.admin import account_admin
 from accountpool.storage import schema, store
 from accountpool.storage.paths import default_db_path, secrets_path_for
 from accountpool.storage.secrets_store import SecretsStore, SecretsStoreError
 from accountpool.upstream.oauth import DEFAULT_TOKEN_URL, RefreshError
 
-ADDON_SCRIPT = Path(__file__).with_name("mitmproxy_script.py")
+ADDON_SCRIPT = Path(__file__).parent.parent / "mitmproxy_script.py"
 
 
 class CliError(Exception):
@@ -150,7 +150,7 @@ def cmd_client_key(args: argparse.Namespace) -> None:
 
 
 def cmd_forecast(args: argparse.Namespace) -> None:
-    from accountpool.forecast_report import forecast_rows, forecast_table
+    from accountpool.admin.forecast_report import forecast_rows, forecast_table
 
     db, _ = _open(args)
     rows = forecast_rows(db)
@@ -162,7 +162,7 @@ def cmd_addon_path(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from accountpool.demo import run_demo
+    from accountpool.admin.demo import run_demo
 
     run_demo(db_path=Path(args.db), seconds=args.seconds, datasette_port=args.datasette_port,
              proxy_port=args.proxy_port)

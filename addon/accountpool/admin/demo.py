@@ -20,13 +20,13 @@ from pathlib import Path
 
 import httpx
 
-from accountpool import account_admin
-from accountpool.local_ports import port_open, wait_for_port
+from accountpool.admin import account_admin
+from accountpool.admin.local_ports import port_open, wait_for_port
 from accountpool.simulator import SimulatedUpstream
 from accountpool.storage import schema, store
 from accountpool.storage.secrets_store import SecretsStore
 
-ADDON_SCRIPT = Path(__file__).with_name("mitmproxy_script.py")
+ADDON_SCRIPT = Path(__file__).parent.parent / "mitmproxy_script.py"
 BIN = Path(sys.executable).parent
 
 
