@@ -14,10 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from accountpool import translate_chat
 from accountpool.models import Account, AccountKind, ModelOverride
 from accountpool.routing.admitted import Admitted
 from accountpool.storage.secrets_store import Credentials
+from accountpool.translation.chat_stream import STREAM_INTERRUPTED_ERROR, ChatStreamTranslator, ResponsesStreamError
+from accountpool.translation.request_mapping import chat_request_to_responses, normalize_for_chatgpt
+from accountpool.translation.whole_answer import assemble_chat_completion, final_response_object
 from accountpool.upstream.sse_usage import SseScanner, TokenUsage, usage_from_dict
 from accountpool.upstream.upstream_request import client_response_headers, upstream_headers, upstream_url
 
@@ -139,7 +141,7 @@ class ChatStream(_EventShaper):
     def __init__(self, model: str, include_usage: bool) -> None:
         super().__init__()
         self.chat_style_errors = True
-        self._translator = translate_chat.ChatStreamTranslator(
+        self._translator = ChatStreamTranslator(
             model=model, include_usage=include_usage, completion_id=_completion_id(), created=int(time.time()))
 
     def feed(self, chunk: bytes) -> bytes:
@@ -171,13 +173,13 @@ class Assembled(_EventShaper):
     def finish(self) -> bytes:
         if self.chat_model is not None:
             try:
-                doc = translate_chat.assemble_chat_completion(
+                doc = assemble_chat_completion(
                     self._collected, model=self.chat_model, completion_id=_completion_id(), created=int(time.time()))
-            except translate_chat.ResponsesStreamError as exc:
+            except ResponsesStreamError as exc:
                 doc = {"error": exc.error}
         else:
-            doc = translate_chat.final_response_object(self._collected) or {
-                "error": dict(translate_chat.STREAM_INTERRUPTED_ERROR)}
+            doc = final_response_object(self._collected) or {
+                "error": dict(STREAM_INTERRUPTED_ERROR)}
         usage = doc.get("usage") if isinstance(doc, dict) else None
         if isinstance(usage, dict):
             self.usage = usage_from_dict(usage)
@@ -214,8 +216,8 @@ def plan_attempt(admitted: Admitted, account: Account, creds: Credentials, *, ch
     elif account.kind == AccountKind.CHATGPT and admitted.json_body is not None and admitted.method == "POST":
         doc = admitted.json_body
         if is_chat:
-            doc = translate_chat.chat_request_to_responses(doc)
-        body = json.dumps(translate_chat.normalize_for_chatgpt(doc)).encode()
+            doc = chat_request_to_responses(doc)
+        body = json.dumps(normalize_for_chatgpt(doc)).encode()
         headers = [(k, v) for k, v in headers if k.lower() not in ("content-type", "accept")]
         headers += [("content-type", "application/json"), ("accept", "text/event-stream")]
         if is_chat and admitted.stream:
