@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from accountpool.admin import account_admin
 from accountpool.admin.local_ports import free_port, wait_for_port
-from accountpool.simulator import SimulatedUpstream
+from accountpool.simulator.server import SimulatedUpstream
 from accountpool.storage import schema, store
 from accountpool.storage.secrets_store import SecretsStore
 

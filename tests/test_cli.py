@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from accountpool.admin import account_admin
-from accountpool.simulator import SimulatedUpstream
+from accountpool.simulator.server import SimulatedUpstream
 from accountpool.storage import schema, store
 from accountpool.storage.secrets_store import SecretsStore
 from helpers_pool import all_tokens, assert_clean_error, make_auth_json, run_cli, run_cli_many, write_json

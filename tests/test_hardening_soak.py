@@ -18,7 +18,7 @@ from collections import Counter
 
 import httpx
 import pytest
-from accountpool.simulator import _Fault
+from accountpool.simulator.server import _Fault
 from harness import (
     Mitmdump,
     TokenUseAudit,

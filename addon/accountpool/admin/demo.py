@@ -22,7 +22,7 @@ import httpx
 
 from accountpool.admin import account_admin
 from accountpool.admin.local_ports import port_open, wait_for_port
-from accountpool.simulator import SimulatedUpstream
+from accountpool.simulator.server import SimulatedUpstream
 from accountpool.storage import schema, store
 from accountpool.storage.secrets_store import SecretsStore
 
