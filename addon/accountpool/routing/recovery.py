@@ -3,7 +3,7 @@
 Pure: the router passes an account's health, the failure class, the cooldown `classify` computed
 (upstream hint or the class's default) and the clock, and gets back the cooldown to apply and the
 health fields to change. Nothing here does I/O; the trial claim that makes "half-open" one request
-across processes lives in `trial_claims.py`.
+across processes lives in `accountpool.storage.trial_claims`.
 
 The state machine (also in the README, "When every account is busy"):
 
