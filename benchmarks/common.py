@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from accountpool.local_ports import free_port, wait_for_port
+from accountpool.admin.local_ports import free_port, wait_for_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -115,8 +115,9 @@ class PoolFiles:
 
 def make_pool(workdir: Path, sim_url: str) -> PoolFiles:
     """Two healthy API-key accounts pointing at the simulator and one client key."""
-    from accountpool import account_admin, schema, store
-    from accountpool.secrets_store import SecretsStore
+    from accountpool.admin import account_admin
+    from accountpool.storage import schema, store
+    from accountpool.storage.secrets_store import SecretsStore
 
     db_path, secrets_path = workdir / "pool.db", workdir / "pool.secrets"
     db = schema.connect(db_path)

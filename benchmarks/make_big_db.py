@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/make_big_db.py data/big.db -n 200000
 
 For the dashboard's "overview < 300 ms over 1 M rows" target (issue 6). The database is created
-through `accountpool.schema.connect`, so the rollup triggers run for every row as they would for
+through `accountpool.storage.schema.connect`, so the rollup triggers run for every row as they would for
 the proxy's metrics writer: the run time also shows what the triggers cost per row.
 """
 
@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from accountpool import schema, store
 from accountpool.models import Account, AccountKind
+from accountpool.storage import schema, store
 
 MODELS = ["gpt-5.5", "gpt-5.5-mini", "gpt-5-codex", "gpt-4.1"]
 ENDPOINTS = ["/v1/responses", "/v1/chat/completions", "/backend-api/codex/responses"]

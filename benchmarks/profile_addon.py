@@ -28,21 +28,21 @@ from common import BIN, make_pool, run_loadgen, scratch_dir, simulator, start_ad
 
 # (label, substrings of a frame "function (file:line)"); first match on the stack wins for inclusive.
 INCLUSIVE = [
-    ("addon hooks: requestheaders/request (_admit)", ("(accountpool/mitm_addon.py",)),
-    ("  BufferedResponder path (_answer_whole, non-streamed)", ("_answer_whole (accountpool/mitm_addon.py",)),
-    ("pool_view.refresh (reload on data_version change)", ("refresh (accountpool/pool_view.py",)),
-    ("router.serve (whole relay side, incl. below)", ("serve (accountpool/router.py",)),
-    ("  router._phase (InflightUpdate dicts)", ("_phase (accountpool/router.py",)),
-    ("  router._observe_usage (headers + model_copy)", ("_observe_usage (accountpool/router.py",)),
-    ("  router._record (RequestRecord)", ("_record (accountpool/router.py",)),
-    ("  selection.choose_candidates", ("(accountpool/selection.py",)),
-    ("  response_shapers (plan + client headers)", ("(accountpool/response_shapers.py",)),
-    ("  SSE watcher (sse_usage)", ("(accountpool/sse_usage.py",)),
-    ("  upstream client (aiohttp, accountpool/upstream_client.py)",
-     ("(accountpool/upstream_client.py", "(aiohttp/client")),
-    ("relay_server (aiohttp web server, loopback hop)", ("(accountpool/relay_server.py", "(aiohttp/web_")),
+    ("addon hooks: requestheaders/request (_admit)", ("(accountpool/proxy/mitm_addon.py",)),
+    ("  BufferedResponder path (_answer_whole, non-streamed)", ("_answer_whole (accountpool/proxy/mitm_addon.py",)),
+    ("pool_view.refresh (reload on data_version change)", ("refresh (accountpool/storage/pool_view.py",)),
+    ("router.serve (whole relay side, incl. below)", ("serve (accountpool/routing/router.py",)),
+    ("  router._phase (InflightUpdate dicts)", ("_phase (accountpool/routing/router.py",)),
+    ("  router._observe_usage (headers + model_copy)", ("_observe_usage (accountpool/routing/router.py",)),
+    ("  router._record (RequestRecord)", ("_record (accountpool/routing/router.py",)),
+    ("  selection.choose_candidates", ("(accountpool/routing/selection.py",)),
+    ("  response_shapers (plan + client headers)", ("(accountpool/routing/response_shapers.py",)),
+    ("  SSE watcher (sse_usage)", ("(accountpool/upstream/sse_usage.py",)),
+    ("  upstream client (aiohttp, accountpool/upstream/upstream_client.py)",
+     ("(accountpool/upstream/upstream_client.py", "(aiohttp/client")),
+    ("relay_server (aiohttp web server, loopback hop)", ("(accountpool/proxy/relay_server.py", "(aiohttp/web_")),
     ("aiohttp (anywhere)", ("(aiohttp/",)),
-    ("metrics writer thread", ("(accountpool/metrics_writer.py",)),
+    ("metrics writer thread", ("(accountpool/storage/metrics_writer.py",)),
     ("pydantic (anywhere)", ("(pydantic/", "(pydantic_core/")),
     ("sqlite3 / sqlite_utils (anywhere)", ("(sqlite_utils/", "sqlite3")),
     ("mitmproxy proxy layers/server", ("(mitmproxy/proxy/",)),
@@ -51,7 +51,7 @@ INCLUSIVE = [
 ]
 
 
-IDLE = "MetricsWriter._collect (accountpool/metrics_writer.py"
+IDLE = "MetricsWriter._collect (accountpool/storage/metrics_writer.py"
 
 
 def leaf_module(frame: str) -> str:

@@ -1,6 +1,6 @@
 """Make `docs/overview.png`, the README's picture of the dashboard overview over demo traffic.
 
-The pieces are the demo's (`accountpool.demo`: the demo pool with its scripted faults, its traffic mix)
+The pieces are the demo's (`accountpool.admin.demo`: the demo pool with its scripted faults, its traffic mix)
 and the test harness's (`tests/harness.py`: simulator, mitmdump, Datasette, headless Debian Chromium).
 Everything stays on 127.0.0.1; the pool lives in a temp dir and is deleted afterwards.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from accountpool.demo import build_demo_pool, inject_faults, send_traffic  # noqa: E402
+from accountpool.admin.demo import build_demo_pool, inject_faults, send_traffic  # noqa: E402
 from harness import LAPTOP, Datasette, Mitmdump, Pool, launch_chromium, running_sim, signed_in_page  # noqa: E402
 
 MAX_BYTES = 200_000

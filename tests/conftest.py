@@ -17,8 +17,8 @@ def pool_paths(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.fixture
 def pool(pool_paths: tuple[Path, Path]) -> Iterator[tuple[object, object]]:
     """An initialised (db, secrets_store) pair on `pool_paths`, closed afterwards."""
-    from accountpool import schema
-    from accountpool.secrets_store import SecretsStore
+    from accountpool.storage import schema
+    from accountpool.storage.secrets_store import SecretsStore
 
     db_path, secrets_path = pool_paths
     db = schema.connect(db_path)

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from accountpool import account_admin, schema, store
-from accountpool.local_ports import free_port, wait_for_port
-from accountpool.secrets_store import SecretsStore
-from accountpool.simulator import SimulatedUpstream
+from accountpool.admin import account_admin
+from accountpool.admin.local_ports import free_port, wait_for_port
+from accountpool.simulator.server import SimulatedUpstream
+from accountpool.storage import schema, store
+from accountpool.storage.secrets_store import SecretsStore
 
 BIN = Path(sys.executable).parent
 ADDON = Path(__file__).resolve().parent.parent / "addon" / "accountpool" / "mitmproxy_script.py"

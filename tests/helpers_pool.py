@@ -61,7 +61,7 @@ def _cli_command(db: Path, args: tuple[str, ...], env: dict[str, str] | None,
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ACCOUNTPOOL_")}
     full_env.update(env or {})
     console_script = [str(Path(sys.executable).with_name("accountpool"))]
-    cmd = console_script if script else [sys.executable, "-m", "accountpool.cli"]
+    cmd = console_script if script else [sys.executable, "-m", "accountpool.admin.cli"]
     return [*cmd, "--db", str(db), *args], full_env
 
 

@@ -6,11 +6,11 @@ import base64
 import json
 
 import pytest
-from accountpool import schema
-from accountpool.addon_options import is_loopback
-from accountpool.client_auth import bearer_value, proxy_auth_key
-from accountpool.mitm_addon import POOLED, AccountPool, BadRequest, parse_body, session_key
-from accountpool.secrets_store import SecretsStore
+from accountpool.proxy.addon_options import is_loopback
+from accountpool.proxy.client_auth import bearer_value, proxy_auth_key
+from accountpool.proxy.mitm_addon import POOLED, AccountPool, BadRequest, parse_body, session_key
+from accountpool.storage import schema
+from accountpool.storage.secrets_store import SecretsStore
 from mitmproxy import exceptions, http
 from mitmproxy.flow import Error
 from mitmproxy.proxy.mode_specs import ProxyMode
@@ -145,7 +145,7 @@ async def test_request_hook_that_raises_answers_500_and_never_forwards(pool_db):
 
 
 def _admitted(json_body, stream):
-    from accountpool.router import Admitted
+    from accountpool.routing.admitted import Admitted
 
     return Admitted(request_id="req_1", started_at=0.0, t0=0.0, method="POST", path="/v1/responses",
                     endpoint="/v1/responses", client_label=None, headers=[], body=b"", json_body=json_body,
@@ -153,7 +153,7 @@ def _admitted(json_body, stream):
 
 
 def test_only_non_streamed_json_requests_are_answered_whole():
-    from accountpool.relay import answers_whole
+    from accountpool.proxy.relay import answers_whole
 
     assert answers_whole(_admitted({"model": "m"}, stream=False))
     assert not answers_whole(_admitted({"model": "m", "stream": True}, stream=True))
@@ -161,7 +161,7 @@ def test_only_non_streamed_json_requests_are_answered_whole():
 
 
 async def test_buffered_responder_refuses_to_hold_more_than_its_limit():
-    from accountpool.relay import BufferedResponder
+    from accountpool.proxy.relay import BufferedResponder
 
     answer = BufferedResponder(limit=10)
     await answer.start(200, [("content-type", "application/json")])

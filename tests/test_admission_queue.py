@@ -6,11 +6,11 @@ import asyncio
 import time
 
 import pytest
-from accountpool import schema, store
-from accountpool.admission_queue import AdmissionQueue, earliest_available, refusal
-from accountpool.metrics_writer import HealthUpdate, MetricsWriter, TrialRelease
 from accountpool.models import AccountHealth, SkipReason
-from accountpool.trial_claims import TrialClaims
+from accountpool.routing.admission_queue import AdmissionQueue, earliest_available, refusal
+from accountpool.storage import schema, store
+from accountpool.storage.metrics_writer import HealthUpdate, MetricsWriter, TrialRelease
+from accountpool.storage.trial_claims import TrialClaims
 
 NOW = 1_000_000.0
 

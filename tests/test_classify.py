@@ -1,7 +1,8 @@
 import json
 
 import pytest
-from accountpool.classify import (
+from accountpool.models import AccountKind, FailureClass, PoolSettings
+from accountpool.upstream.classify import (
     MAX_COOLDOWN_S,
     classify_attempt,
     classify_inband_event,
@@ -9,7 +10,6 @@ from accountpool.classify import (
     error_brief,
     scrub_secrets,
 )
-from accountpool.models import AccountKind, FailureClass, PoolSettings
 
 C = FailureClass
 CHATGPT = AccountKind.CHATGPT

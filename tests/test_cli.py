@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from accountpool import account_admin, schema, store
-from accountpool.secrets_store import SecretsStore
-from accountpool.simulator import SimulatedUpstream
+from accountpool.admin import account_admin
+from accountpool.simulator.server import SimulatedUpstream
+from accountpool.storage import schema, store
+from accountpool.storage.secrets_store import SecretsStore
 from helpers_pool import all_tokens, assert_clean_error, make_auth_json, run_cli, run_cli_many, write_json
 
 LIST_FIELDS = {"id", "label", "kind", "plan", "enabled", "auth_blocked"}
@@ -122,7 +123,7 @@ def test_db_and_secrets_from_environment(tmp_path: Path) -> None:
     db = tmp_path / "env" / "pool.db"
     secrets_file = tmp_path / "elsewhere" / "my.secrets"
     env = {"ACCOUNTPOOL_DB": str(db), "ACCOUNTPOOL_SECRETS": str(secrets_file)}
-    result = subprocess.run([sys.executable, "-m", "accountpool.cli", "init"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "accountpool.admin.cli", "init"], capture_output=True, text=True,
                             env={**os.environ, **env}, check=False, timeout=30)
     assert result.returncode == 0, result.stderr
     assert db.is_file() and secrets_file.is_file()

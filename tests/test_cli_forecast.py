@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from accountpool import schema, store
 from accountpool.models import AccountHealth, UsageWindow
+from accountpool.storage import schema, store
 from helpers_pool import assert_clean_error, make_auth_json, run_cli
 from test_cli import db, setup_key, setup_login  # noqa: F401 - `db` is a fixture
 

@@ -3,7 +3,7 @@ per source address, and the refusal says which. Pure."""
 
 from __future__ import annotations
 
-from accountpool.client_auth import FailedAuthThrottle, key_fingerprint
+from accountpool.proxy.client_auth import FailedAuthThrottle, key_fingerprint
 
 
 def fail(t: FailedAuthThrottle, fingerprint: str | None, source: str, times: int, at: float) -> None:

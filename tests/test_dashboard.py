@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 import pytest
-from accountpool import schema, store
 from accountpool.models import AccountHealth, UsageWindow
+from accountpool.storage import schema, store
 from datasette.app import Datasette
 from datasette_accountpool import config, queries
 

@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 import pytest
-from accountpool import schema, store
 from accountpool.models import AccountHealth, UsageWindow
+from accountpool.storage import schema, store
 from test_dashboard import actor_cookies, audit_rows, follow, make_ds, post_form, settings_form
 
 pytestmark = pytest.mark.asyncio

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
-from accountpool.local_ports import port_open
+from accountpool.admin.local_ports import port_open
 from harness import free_port
 
 
@@ -17,7 +17,7 @@ def test_demo_runs_end_to_end(tmp_path):
     proxy_port, ds_port = free_port(), free_port()
     db = tmp_path / "pool.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "accountpool.cli", "--db", str(db), "demo", "--seconds", "8",
+        [sys.executable, "-m", "accountpool.admin.cli", "--db", str(db), "demo", "--seconds", "8",
          "--proxy-port", str(proxy_port), "--datasette-port", str(ds_port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = []

@@ -13,7 +13,7 @@ from accountpool.forecast import (
     scaled,
 )
 from accountpool.models import AccountHealth, UsageWindow
-from accountpool.usage_headers import parse_usage_headers
+from accountpool.upstream.usage_headers import parse_usage_headers
 
 NOW = 1_700_000_000.0
 H = 3600.0

@@ -26,9 +26,9 @@ import time
 
 import httpx
 import pytest
-from accountpool import token_rotation
-from accountpool.oauth import RefreshError
-from accountpool.secrets_store import SecretsStore
+from accountpool.storage.secrets_store import SecretsStore
+from accountpool.upstream import token_rotation
+from accountpool.upstream.oauth import RefreshError
 from harness import Mitmdump, TokenUseAudit, integrity_check, wait_until
 
 pytestmark = pytest.mark.slow
@@ -164,8 +164,8 @@ def test_rotation_is_on_disk_before_it_is_returned(pool_env, sim, monkeypatch):
 
 ROTATE_SCRIPT = textwrap.dedent("""
     import contextlib, sys, time
-    from accountpool import token_rotation
-    from accountpool.secrets_store import SecretsStore
+    from accountpool.upstream import token_rotation
+    from accountpool.storage.secrets_store import SecretsStore
 
     secrets_path, account_id, token_url, marker, where = sys.argv[1:6]
     if where == "after_commit":

@@ -18,7 +18,7 @@ from collections import Counter
 
 import httpx
 import pytest
-from accountpool.simulator import _Fault
+from accountpool.simulator.faults import Fault
 from harness import (
     Mitmdump,
     TokenUseAudit,
@@ -79,7 +79,7 @@ class FaultDriver(threading.Thread):
                 # Appended, not replacing: a fault whose account was cooling down still fires later.
                 with self.sim._lock:
                     self.sim._faults.setdefault(credential, []).extend(
-                        _Fault(dict(f), f.get("count", 1)) for f in faults)
+                        Fault(dict(f), f.get("count", 1)) for f in faults)
                 self.applied.update(f["kind"] for f in faults)
             self.phases_run += 1
 

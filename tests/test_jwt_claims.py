@@ -2,7 +2,7 @@ import base64
 import json
 
 import pytest
-from accountpool.jwt_claims import ChatGPTIdentity, chatgpt_identity, decode_jwt_claims, token_expiry
+from accountpool.upstream.jwt_claims import ChatGPTIdentity, chatgpt_identity, decode_jwt_claims, token_expiry
 
 
 def make_jwt(claims: dict) -> str:

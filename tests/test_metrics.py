@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from accountpool.simulator import SimulatedUpstream
+from accountpool.simulator.server import SimulatedUpstream
 from harness import Mitmdump, Pool, find_secrets, sse_events
 
 KEY_A = "sk-test-metrics-aaaaaaaaaaaaaaaaaaaa"

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from accountpool import metrics_writer, schema
-from accountpool.metrics_writer import (
+from accountpool.models import AccountHealth
+from accountpool.storage import metrics_writer, schema
+from accountpool.storage.metrics_writer import (
     HealthUpdate,
     InflightUpdate,
     MetricsWriter,
@@ -22,7 +23,6 @@ from accountpool.metrics_writer import (
     delete_stale_inflight,
     prune_old_rows,
 )
-from accountpool.models import AccountHealth
 
 
 def request_row(i: int | str, *, started_at: float | None = None, outcome: str = "ok") -> dict[str, Any]:
@@ -282,7 +282,7 @@ def test_submit_never_blocks_while_the_writer_is_stuck(db_path: Path) -> None:
 
 KILLED_WRITER = """
 import sys, time
-from accountpool.metrics_writer import MetricsWriter, RequestRecord
+from accountpool.storage.metrics_writer import MetricsWriter, RequestRecord
 w = MetricsWriter(sys.argv[1], flush_interval=0.05)
 w.start()
 row = lambda i: {"id": f"req_{i}", "started_at": time.time(), "outcome": "ok"}

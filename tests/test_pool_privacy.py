@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from accountpool import schema
+from accountpool.storage import schema
 from datasette.app import Datasette
 from datasette.utils import tilde_encode
 from datasette_accountpool import config

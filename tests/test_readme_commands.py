@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from accountpool.local_ports import wait_for_port
+from accountpool.admin.local_ports import wait_for_port
 from harness import BIN, Pool, find_secrets
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from accountpool.models import AccountHealth, FailureClass, PoolSettings, merge_health
-from accountpool.recovery import (
+from accountpool.routing.recovery import (
     RecoveryState,
     escalated_duration,
     judge_failure,

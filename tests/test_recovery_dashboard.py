@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 import pytest
-from accountpool import schema, store
 from accountpool.models import AccountHealth
+from accountpool.storage import schema, store
 from datasette_accountpool import queries
 from test_dashboard import actor_cookies, make_ds, post_form
 

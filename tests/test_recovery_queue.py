@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from accountpool import store
+from accountpool.storage import store
 from harness import Mitmdump, seed_health, sse_events, wait_until
 
 pytestmark = pytest.mark.slow

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from accountpool.models import Account, AccountKind
-from accountpool.request_paths import PathVerdict, check_path, has_dot_segment
-from accountpool.upstream_request import upstream_url
+from accountpool.upstream.request_paths import PathVerdict, check_path, has_dot_segment
+from accountpool.upstream.upstream_request import upstream_url
 
 
 @pytest.mark.parametrize(("target", "verdict", "forwarded"), [

@@ -72,7 +72,7 @@ def test_all_accounts_limited_answers_429_with_earliest_retry_after(pool_env, si
 def test_none_enabled_is_503_with_a_reason(pool_env, sim):
     a = pool_env.add_key("only", KEY_A)
     db = pool_env.db()
-    from accountpool import store
+    from accountpool.storage import store
 
     store.set_enabled(db, a, False, actor="tests")
     db.close()

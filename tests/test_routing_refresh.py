@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import httpx
-from accountpool.secrets_store import SecretsStore
+from accountpool.storage.secrets_store import SecretsStore
 from harness import Mitmdump, openai_client, sse_events
 
 

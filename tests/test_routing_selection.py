@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from accountpool import store
 from accountpool.models import PoolSettings
+from accountpool.storage import store
 from harness import Mitmdump, openai_client, seed_health
 from helpers_pool import run_cli
 

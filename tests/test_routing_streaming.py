@@ -26,7 +26,7 @@ def test_stream_is_delivered_chunk_by_chunk(pool_env, sim):
         assert events[-1][0] - deltas[0] >= 1.0, "the first content event waited for the whole stream"
         # The same through the SDK, for a ChatGPT login (Codex backend) as well.
         pool_env.add_login("b-login", "acct-b")
-        from accountpool import store
+        from accountpool.storage import store
 
         db = pool_env.db()
         store.set_enabled(db, store.get_account(db, "a").id, False, actor="tests")

@@ -35,7 +35,7 @@ def drive_traffic(pool_env, sim, proxy: Mitmdump) -> None:
         assert r.status_code == 200
     # The login (refreshed on its first 401) serves the SDK's stream.
     db = pool_env.db()
-    from accountpool import store
+    from accountpool.storage import store
 
     for label in ("a", "b"):
         store.set_enabled(db, store.get_account(db, label).id, False, actor="tests")

@@ -10,7 +10,7 @@ import traceback
 from pathlib import Path
 
 import pytest
-from accountpool.secrets_store import Credentials, SecretsStore, SecretsStoreError
+from accountpool.storage.secrets_store import Credentials, SecretsStore, SecretsStoreError
 from helpers_pool import all_tokens, dump_served_db, make_auth_json, run_cli, write_json
 
 

@@ -91,7 +91,7 @@ def test_a_whole_run_leaves_no_secret_in_logs_flows_or_databases(pool_env, sim):
             assert r.status_code == 200, r.text
         # Only the login left: first its refresh is refused, later it refreshes and rotates.
         db = pool_env.db()
-        from accountpool import store
+        from accountpool.storage import store
 
         for label in ("a", "b"):
             store.set_enabled(db, store.get_account(db, label).id, False, actor="tests")

@@ -1,6 +1,6 @@
 import pytest
 from accountpool.models import Account, AccountHealth, AccountKind, PoolSettings, UsageWindow
-from accountpool.selection import can_serve, choose_candidates, endpoint_family, next_current_account
+from accountpool.routing.selection import can_serve, choose_candidates, endpoint_family, next_current_account
 
 NOW = 1_700_000_000.0
 RESPONSES = "/v1/responses"

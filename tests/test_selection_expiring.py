@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 from accountpool.models import Account, AccountHealth, AccountKind, PoolSettings, UsageWindow
-from accountpool.selection import choose_candidates, expiring_rank
+from accountpool.routing.selection import choose_candidates, expiring_rank
 
 NOW = 1_700_000_000.0
 H = 3600.0

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from accountpool.simulator import CODEX_CLIENT_ID, SimulatedUpstream
+from accountpool.simulator.server import CODEX_CLIENT_ID, SimulatedUpstream
 
 KEY = "sk-proj-simulated-key-0000abcd"
 ACCOUNT = "acct-1111"

@@ -2,7 +2,7 @@ import json
 
 import pytest
 from accountpool.models import FailureClass
-from accountpool.sse_usage import (
+from accountpool.upstream.sse_usage import (
     SseScanner,
     StreamWatcher,
     TokenUsage,
@@ -256,7 +256,7 @@ def test_watcher_malformed_terminal_does_not_raise():
 
 
 def test_watcher_cheap_on_deltas(monkeypatch):
-    import accountpool.sse_usage as mod
+    import accountpool.upstream.sse_usage as mod
 
     calls = []
     real = mod.json.loads

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import sqlite_utils
-from accountpool import schema, store
 from accountpool.models import Account, AccountHealth, AccountKind, ModelOverride, PoolSettings, UsageWindow
+from accountpool.storage import schema, store
 from pydantic import ValidationError
 
 

@@ -1,4 +1,4 @@
-"""Golden and property tests for `accountpool.translate_chat` (issue 8).
+"""Golden and property tests for `accountpool.translation` (issue 8).
 
 Each `tests/fixtures/translate/<name>.json` holds a Chat Completions request and the Responses
 SSE events a Codex backend sends for it (recorded shapes: sequence numbers, obfuscation fields,
@@ -17,21 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from accountpool.translate_chat import (
+from accountpool.translation.chat_stream import DONE_LINE, ChatStreamTranslator, ResponsesStreamError
+from accountpool.translation.request_mapping import (
     CHAT_DROPPED_PARAMETERS,
     CHATGPT_ACCEPTED_FIELDS,
     CHATGPT_DROPPED_REASONS,
-    DONE_LINE,
-    ChatStreamTranslator,
-    ResponsesStreamError,
-    assemble_chat_completion,
     chat_request_to_responses,
     chat_request_to_responses_with_dropped,
     dropped_fields,
-    final_response_object,
     normalize_for_chatgpt,
     normalize_for_chatgpt_with_dropped,
 )
+from accountpool.translation.whole_answer import assemble_chat_completion, final_response_object
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.chat.completion_create_params import CompletionCreateParamsStreaming
 from openai.types.responses import Response

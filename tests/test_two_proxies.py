@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from accountpool.secrets_store import SecretsStore
+from accountpool.storage.secrets_store import SecretsStore
 from harness import Mitmdump, regular_mode_client, seed_health, sse_events, wait_until
 
 pytestmark = pytest.mark.slow

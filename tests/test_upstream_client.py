@@ -13,9 +13,9 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-from accountpool.local_ports import free_port
-from accountpool.simulator import SimulatedUpstream
-from accountpool.upstream_client import UpstreamClient, UpstreamError
+from accountpool.admin.local_ports import free_port
+from accountpool.simulator.server import SimulatedUpstream
+from accountpool.upstream.upstream_client import UpstreamClient, UpstreamError
 
 KEY = "sk-proj-upstream-client-test-0000wxyz"
 

@@ -1,6 +1,6 @@
 import pytest
 from accountpool.models import RateLimitObservation, UsageWindow
-from accountpool.usage_headers import parse_duration_s, parse_usage_headers, usage_from_wham
+from accountpool.upstream.usage_headers import parse_duration_s, parse_usage_headers, usage_from_wham
 
 NOW = 1_700_000_000.0
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from accountpool import schema, usage_history
-from accountpool.metrics_writer import HealthUpdate, MetricsWriter, prune_old_rows
 from accountpool.models import AccountHealth, RateLimitObservation, UsageWindow
+from accountpool.storage import schema, usage_history
+from accountpool.storage.metrics_writer import HealthUpdate, MetricsWriter, prune_old_rows
 
 WEEK_MIN = 10_080
 

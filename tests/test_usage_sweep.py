@@ -1,10 +1,10 @@
 """The background usage probe: real simulator, real pool files, no mitmdump needed."""
 
 import httpx
-from accountpool import store
-from accountpool.metrics_writer import MetricsWriter
-from accountpool.pool_view import PoolView
-from accountpool.usage_sweep import UsageSweeper, accounts_to_probe
+from accountpool.storage import store
+from accountpool.storage.metrics_writer import MetricsWriter
+from accountpool.storage.pool_view import PoolView
+from accountpool.upstream.usage_sweep import UsageSweeper, accounts_to_probe
 
 
 async def test_sweep_updates_enabled_logins_and_skips_disabled(pool_env, sim):

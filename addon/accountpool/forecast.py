@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
 
-from .models import AccountHealth, UsageWindow
+from accountpool.models import AccountHealth, UsageWindow
 
 WINDOWS = ("primary", "secondary", "requests", "tokens")
 """`usage_samples.window` values: Codex 5-hour and weekly windows, then `x-ratelimit-*` requests / tokens."""

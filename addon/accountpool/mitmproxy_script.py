@@ -4,6 +4,6 @@ mitmproxy loads this file by path and reloads it on change; the logic lives in t
 `accountpool` package so a reload picks up a consistent version of everything.
 """
 
-from accountpool.mitm_addon import AccountPool
+from accountpool.proxy.mitm_addon import AccountPool
 
 addons = [AccountPool()]

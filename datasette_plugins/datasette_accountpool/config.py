@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from accountpool.oauth import DEFAULT_TOKEN_URL
-from accountpool.paths import secrets_path_for
-from accountpool.schema import SECRET_TABLE_NAMES
+from accountpool.storage.paths import secrets_path_for
+from accountpool.storage.schema import SECRET_TABLE_NAMES
+from accountpool.upstream.oauth import DEFAULT_TOKEN_URL
 
 PLUGIN_NAME = "datasette-accountpool"
 STATIC_NAME = "accountpool"

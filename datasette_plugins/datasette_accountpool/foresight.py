@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlite_utils
-from accountpool import store, usage_history
 from accountpool.forecast import WINDOW_NAMES, Forecast, Sample, describe, redistribution_factors, scaled
 from accountpool.models import Account
+from accountpool.storage import store, usage_history
 from markupsafe import Markup
 
 from .usage_charts import usage_svg

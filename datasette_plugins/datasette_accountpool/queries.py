@@ -20,8 +20,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlite_utils
-from accountpool import recovery, store
 from accountpool.models import FailureClass
+from accountpool.routing import recovery
+from accountpool.storage import store
 
 RAW_ROW_LIMIT = 10_000
 """Above this many rows in the window, aggregates come from the rollup instead of `requests`."""

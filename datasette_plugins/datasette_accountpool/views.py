@@ -8,10 +8,11 @@ import time
 from typing import Any
 
 import sqlite_utils
-from accountpool import account_admin, schema, store
+from accountpool.admin import account_admin
 from accountpool.models import Account, AccountKind
-from accountpool.oauth import RefreshError
-from accountpool.secrets_store import SecretsStore, SecretsStoreError
+from accountpool.storage import schema, store
+from accountpool.storage.secrets_store import SecretsStore, SecretsStoreError
+from accountpool.upstream.oauth import RefreshError
 from datasette.utils import add_cors_headers
 from datasette.utils.asgi import NotFound, Response
 

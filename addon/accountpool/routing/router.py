@@ -1,0 +1,608 @@
+"""The attempts of one client request: choose, send, judge, fail over, stream (docs/BEHAVIOUR.md §7–§11).
+
+Runs inside the relay (see docs/DESIGN.md). Decisions come from the pure modules
+(`selection`, `classify`, `usage_headers`, `sse_usage`); this module only sequences them,
+keeps health current and reports metrics. The client sees exactly one answer: the first
+upstream success streamed through, an upstream `invalid_request` as it is, or one aggregated
+error once every candidate failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from accountpool.models import Account, AccountHealth, AccountKind, FailureClass, SkipReason
+from accountpool.routing import errors, recovery
+from accountpool.routing.admission_queue import POLL_S, AdmissionQueue, Waiter, earliest_available, refusal
+from accountpool.routing.admitted import Admitted
+from accountpool.routing.errors import FailureLog
+from accountpool.routing.response_shapers import AttemptPlan, plan_attempt
+from accountpool.routing.selection import choose_candidates
+from accountpool.storage.metrics_writer import (
+    HealthUpdate,
+    InflightUpdate,
+    MetricsWriter,
+    RequestRecord,
+    StateUpdate,
+    TrialRelease,
+)
+from accountpool.storage.pool_view import SEQUENTIAL_KEY, PoolView
+from accountpool.storage.secrets_store import Credentials
+from accountpool.storage.trial_claims import TRIAL_RECHECK_S, TrialClaims, TrialGate
+from accountpool.upstream.classify import classify_attempt, cooldown_until, error_brief
+from accountpool.upstream.oauth import RefreshError
+from accountpool.upstream.sse_usage import StreamWatcher, TokenUsage, usage_from_json_body
+from accountpool.upstream.token_rotation import access_expiry, rotate_tokens
+from accountpool.upstream.upstream_client import UpstreamClient, UpstreamError, UpstreamResponse
+from accountpool.upstream.usage_headers import parse_usage_headers
+
+log = logging.getLogger("accountpool.router")
+
+ERROR_BODY_LIMIT = 1024 * 1024
+HOLD_LIMIT = 256 * 1024
+WHOLE_READ_LIMIT = 64 * 1024 * 1024
+USAGE_REFRESH_S = 1.0
+USAGE_SCAN_LIMIT = 8 * 1024 * 1024
+INFLIGHT_AFTER_S = 0.2
+"""A request appears in `inflight` (the dashboard's "in flight" list) once it has run this long."""
+TRIAL_WAIT_S = TRIAL_RECHECK_S
+"""A half-open account whose trial is in flight counts as available this soon (for the wait decision and
+Retry-After); waiters are woken when a trial of this process ends, and re-check another process's this often."""
+
+
+class ClientAnswer(Protocol):
+    """Where the chosen answer goes: the relay's HTTP response (streamed) or the addon's buffer (whole)."""
+
+    committed: bool
+    """Set once the status is chosen: after that no other account may answer."""
+    finished: bool
+    client_gone: bool
+    gone_reason: str
+    streams: bool
+    """False when the client gets the answer in one piece: then a body is read whole before commit."""
+
+    async def start(self, status: int, headers: list[tuple[str, str]]) -> None: ...
+    def disconnected(self) -> bool:
+        """Whether the client has gone while nothing was sent yet (a queued request then leaves the queue)."""
+        ...
+    async def send(self, data: bytes) -> None: ...
+    async def end(self) -> None: ...
+    async def whole(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None: ...
+    def abort(self) -> None: ...
+
+
+@dataclass
+class RouterConfig:
+    chatgpt_base: str
+    token_url: str
+    max_attempts: int = 5
+    refresh_margin_s: float = 300.0
+    hold_metadata_events: bool = True
+    connect_timeout_s: float = 10.0
+    header_timeout_s: float = 300.0
+    max_wait_s: float = 20.0
+    """How long a request may wait for an account that is back at a known time (0: never wait)."""
+    max_waiting: int = 256
+
+
+@dataclass
+class Run:
+    """Everything measured about one client request, turned into its metrics rows at the end."""
+
+    admitted: Admitted
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    account_id: str | None = None
+    status: int | None = None
+    outcome: FailureClass = FailureClass.OK
+    brief: str | None = None
+    headers_at: float | None = None
+    first_chunk_at: float | None = None
+    usage: TokenUsage | None = None
+    phase: str = "received"
+    phase_account_id: str | None = None
+    published: bool = False
+    """Whether `inflight` holds a row for this request (see Router.publish_inflight)."""
+    waiter: Waiter | None = None
+    wait_deadline: float = 0.0
+    """Monotonic time when this request stops waiting (its `pool_max_wait` is used up)."""
+    queue_wait_s: float = 0.0
+    gone_while_queued: bool = False
+    trials: dict[str, str] = field(default_factory=dict)
+    """account id → owner token of the half-open trial claims this request holds."""
+
+    def ms_since_start(self, t: float | None) -> float | None:
+        return round((t - self.admitted.t0) * 1000, 2) if t is not None else None
+
+
+class AttemptFailed(Exception):
+    def __init__(self, cls: FailureClass, brief: str, until: float | None = None) -> None:
+        super().__init__(brief)
+        self.cls, self.brief, self.until = cls, brief, until
+
+
+class Router:
+    def __init__(self, view: PoolView, writer: MetricsWriter, config: RouterConfig,
+                 client: UpstreamClient, trials: TrialClaims | None = None) -> None:
+        self.view = view
+        self.writer = writer
+        self.config = config
+        self.client = client
+        self.trials = TrialGate(trials or TrialClaims(view.db_path),
+                                lambda account_id, owner: writer.submit(TrialRelease(account_id, owner)))
+        self.queue = AdmissionQueue()
+        self._refresh_locks: dict[str, asyncio.Lock] = {}
+        self._running: dict[str, Run] = {}
+
+    async def publish_inflight_every(self, interval_s: float) -> None:
+        """The loop that makes long requests visible in `inflight` (runs for the proxy's lifetime)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            self.publish_inflight(time.monotonic())
+
+    def publish_inflight(self, now: float) -> None:
+        """Requests running for INFLIGHT_AFTER_S or more get their `inflight` row.
+
+        Most requests end well before that: they cost the writer one row (`requests`) instead of an
+        insert, two updates and a delete of a row nobody could have seen on the dashboard anyway."""
+        for run in self._running.values():
+            if not run.published and now - run.admitted.t0 >= INFLIGHT_AFTER_S:
+                run.published = True
+                self._submit_phase(run)
+
+    # ------------------------------------------------------------ one request
+
+    async def serve(self, admitted: Admitted, responder: ClientAnswer) -> None:
+        run = Run(admitted)
+        self._running[admitted.request_id] = run
+        failures = FailureLog()
+        tried: set[str] = set()
+        skipped = None
+        try:
+            while True:
+                latest: list[SkipReason] = []
+                while len(run.attempts) < self.config.max_attempts and not responder.committed:
+                    now = time.time()
+                    selection = choose_candidates(
+                        self.view.accounts, self.view.health, settings=self.view.settings, path=admitted.path,
+                        model=admitted.model, now=now, pinned_account_id=admitted.pinned_account,
+                        affinity_account_id=self.view.affinity(admitted.session_key),
+                        current_account_id=self.view.sequential_current)
+                    candidates = [a for a in selection.candidates if a.id not in tried]
+                    account, held = await self._first_ready(run, candidates, now)
+                    latest = selection.skipped + held
+                    if skipped is None:
+                        skipped = latest
+                    if account is None:
+                        break
+                    self._leave_queue(run)
+                    tried.add(account.id)
+                    try:
+                        await self._try_account(run, account, responder)
+                    except AttemptFailed as failure:
+                        failures.add(account.display, failure.cls, failure.brief, failure.until)
+                        run.outcome, run.brief = failure.cls, failure.brief
+                        continue
+                    finally:
+                        self._end_trial(run, account.id)
+                    self._served_by(run, account)
+                if responder.committed or len(run.attempts) >= self.config.max_attempts \
+                        or not await self._wait_for_account(run, responder, latest):
+                    break
+                # Back from the queue: every account is a candidate again, the ones this request already tried
+                # included (their cooldown has ended and nothing was sent to the client; README).
+                tried.clear()
+            self._leave_queue(run)
+            if not responder.committed:
+                cooling = {s.account_id: self.view.health_of(s.account_id).cooldown_class or ""
+                           for s in skipped or [] if s.reason == "cooldown"}
+                answer = errors.pool_exhausted(failures, skipped or [], now=time.time(), cooldown_classes=cooling)
+                run.status, run.outcome, run.brief = answer.status, answer.outcome, answer.brief
+                await responder.whole(answer.status, [*answer.headers,
+                                                      ("x-accountpool-request-id", admitted.request_id)], answer.body)
+                if run.gone_while_queued:
+                    run.outcome, run.brief = FailureClass.CLIENT_GONE, "client disconnected while queued"
+        except Exception as exc:
+            # The relay server answers 500 (or cuts a committed stream); the row says why.
+            if run.outcome is FailureClass.OK or not responder.committed:
+                run.outcome, run.brief = FailureClass.INTERNAL_ERROR, f"internal error: {type(exc).__name__}"
+                if not responder.committed:
+                    run.status = 500
+            raise
+        finally:
+            self._leave_queue(run)
+            for account_id in list(run.trials):
+                self._end_trial(run, account_id)
+            self._record(run)
+
+    # ------------------------------------------------------------ half-open trials and the queue
+
+    async def _first_ready(self, run: Run, candidates: list[Account],
+                           now: float) -> tuple[Account | None, list[SkipReason]]:
+        """The first candidate that may take this request now, and the half-open ones it had to pass over.
+
+        A half-open account takes the request only if this request wins its trial claim (`trial_claims`)."""
+        held: list[SkipReason] = []
+        for account in candidates:
+            if not recovery.needs_trial(self.view.health_of(account.id), now):
+                return account, held
+            if (owner := await self.trials.claim(account.id, now)) is not None:
+                run.trials[account.id] = owner
+                return account, held
+            held.append(SkipReason(account_id=account.id, label=account.label, reason="cooldown",
+                                   detail="half-open: a trial request is testing it", until=now + TRIAL_WAIT_S))
+        return None, held
+
+    def _end_trial(self, run: Run, account_id: str) -> None:
+        """Release this request's trial claim (after its health outcome, through the writer) and wake waiters."""
+        owner = run.trials.pop(account_id, None)
+        if owner is not None:
+            self.trials.release(account_id, owner)
+            self.queue.notify()
+
+    def _on_commit(self, run: Run, account: Account) -> None:
+        """The account answers this request: a recovering account is healthy again, its trial is over."""
+        h = self.view.health_of(account.id)
+        if (changes := recovery.judge_success(h, time.time())) is not None:
+            self._put_health(h.model_copy(update=changes))
+        self._end_trial(run, account.id)
+
+    async def _wait_for_account(self, run: Run, responder: ClientAnswer, skipped: list[SkipReason]) -> bool:
+        """Wait in the queue until an account may be back (True: choose again), or say no at once (False)."""
+        now, mono = time.time(), time.monotonic()
+        classes = {s.account_id: self.view.health_of(s.account_id).cooldown_class or ""
+                   for s in skipped if s.reason == "cooldown"}
+        earliest = earliest_available(skipped, now, classes)
+        # The wait budget is per request: a second wait (its chosen account failed after the first) uses what is left.
+        waited_before = run.wait_deadline > 0
+        wait_left = run.wait_deadline - mono if waited_before else self.config.max_wait_s
+        why = refusal(earliest, now=now, wait_left_s=wait_left, waiting=len(self.queue),
+                      max_waiting=self.config.max_waiting, queued=waited_before)
+        if why is not None or earliest is None:
+            if waited_before:
+                log.info("request %s stops waiting: %s", run.admitted.request_id, why)
+            return False
+        if run.waiter is None:
+            run.waiter = self.queue.enter()
+            if not waited_before:
+                run.wait_deadline = mono + self.config.max_wait_s
+            self._phase(run, "queued", None)
+        target = mono + (earliest - now)
+        self.queue.wake_at(target)
+        while True:
+            mono = time.monotonic()
+            woken = await run.waiter.wait(min(POLL_S, max(0.0, target - mono)))
+            if responder.disconnected():
+                run.gone_while_queued = True
+                return False
+            if woken or time.monotonic() >= target:
+                self.view.refresh()
+                return True
+
+    def _leave_queue(self, run: Run) -> None:
+        if run.waiter is not None:
+            run.queue_wait_s += time.monotonic() - run.waiter.entered
+            run.waiter.leave()
+            run.waiter = None
+
+    def _served_by(self, run: Run, account: Account) -> None:
+        self.view.remember_affinity(run.admitted.session_key, account.id)
+        if self.view.settings.mode == "sequential" and self.view.sequential_current != account.id:
+            self.view.sequential_current = account.id
+            self.writer.submit(StateUpdate(SEQUENTIAL_KEY, account.id))
+
+    # ------------------------------------------------------------ one account
+
+    async def _try_account(self, run: Run, account: Account, responder: ClientAnswer) -> None:
+        creds = self.view.credentials(account.id)
+        if creds is None or not (creds.api_key or creds.access_token):
+            raise self._fail(run, account, FailureClass.AUTH_FAILED, "no stored credentials for this account",
+                             status=None, ms=0.0)
+        refreshed = False
+        if account.kind == AccountKind.CHATGPT:
+            # The expiry of the token we hold, not the accounts row: that one lags behind a refresh.
+            expires = access_expiry(creds) or account.access_expires_at
+            if expires and expires - time.time() < self.config.refresh_margin_s:
+                creds = await self._refresh(run, account, creds)
+                refreshed = True
+        while True:
+            plan = plan_attempt(run.admitted, account, creds, chatgpt_base=self.config.chatgpt_base,
+                                catalog_overrides=self.view.settings.model_overrides)
+            cls = await self._send(run, account, plan, responder, refreshed=refreshed)
+            if cls is FailureClass.AUTH_EXPIRED and not refreshed:
+                creds = await self._refresh(run, account, creds)
+                refreshed = True
+                continue
+            return
+
+    async def _send(self, run: Run, account: Account, plan: AttemptPlan, responder: ClientAnswer, *,
+                    refreshed: bool) -> FailureClass:
+        """One upstream try. Returns OK (committed) or AUTH_EXPIRED (caller refreshes); raises AttemptFailed."""
+        admitted = run.admitted
+        started = time.monotonic()
+        n = len(run.attempts) + 1
+        self._phase(run, "retrying" if n > 1 else "waiting_headers", account.id)
+        try:
+            response = await self.client.send(admitted.method, plan.url, headers=plan.headers, body=plan.body,
+                                              connect_timeout_s=self.config.connect_timeout_s,
+                                              read_timeout_s=self.config.header_timeout_s)
+        except UpstreamError as exc:
+            raise self._fail(run, account, FailureClass.UPSTREAM_ERROR,
+                             f"{exc} before response headers", status=None,
+                             ms=_ms(started), refreshed=refreshed) from None
+        try:
+            self._observe_usage(account, response.headers)
+            status = response.status
+            if status >= 400:
+                body = await response.read(ERROR_BODY_LIMIT)
+                cls = classify_attempt(status, body, kind=account.kind, after_refresh=refreshed)
+                if cls is FailureClass.AUTH_EXPIRED:
+                    self._attempt_row(run, account, status, cls, started, refreshed)
+                    return cls
+                if cls is FailureClass.INVALID_REQUEST:
+                    # Not the account's fault: the client gets the upstream's answer as it is.
+                    self._attempt_row(run, account, status, cls, started, refreshed)
+                    self._on_commit(run, account)
+                    run.headers_at = time.monotonic()
+                    run.account_id, run.status, run.outcome = account.id, status, cls
+                    run.brief = error_brief(status, body)
+                    headers = plan.shaper.client_headers(response.header_items(), account,
+                                                         admitted.request_id, n)
+                    await responder.whole(status, headers, body)
+                    run.first_chunk_at = time.monotonic()
+                    return FailureClass.OK
+                raise self._fail(run, account, cls, error_brief(status, body), status=status, ms=_ms(started),
+                                 refreshed=refreshed, headers=response.headers, body=body)
+            await self._deliver(run, account, plan, response, responder, started=started, refreshed=refreshed)
+            return FailureClass.OK
+        finally:
+            response.close()
+
+    async def _deliver(self, run: Run, account: Account, plan: AttemptPlan, response: UpstreamResponse,
+                       responder: ClientAnswer, *, started: float, refreshed: bool) -> None:
+        """Stream a successful answer; before the first content event an in-band error still fails over."""
+        admitted = run.admitted
+        run.headers_at = time.monotonic()
+        is_sse = "text/event-stream" in response.headers.get("content-type", "")
+        watcher = StreamWatcher() if is_sse else None
+        chunks = response.chunks()
+        held: list[bytes] = []
+        exhausted = False
+        whole = plan.shaper.whole_answer
+        if watcher is not None and (whole or self.config.hold_metadata_events):
+            # Before committing, read ahead: the metadata events only (an in-band error there fails over
+            # invisibly) or, when the client waits for one assembled answer anyway, all of it (so a cut or a
+            # late in-band failure still fails over).
+            exhausted = await self._read_ahead(run, account, chunks, watcher, held, whole=whole, started=started,
+                                               refreshed=refreshed)
+            if whole and not watcher.saw_terminal:
+                raise self._fail(run, account, FailureClass.UPSTREAM_ERROR, "stream ended before its terminal event",
+                                 status=200, ms=_ms(started), refreshed=refreshed)
+        elif watcher is None and not responder.streams:
+            # This client gets the answer whole anyway: read all of it before committing, so a cut fails over.
+            exhausted = await self._read_ahead(run, account, chunks, None, held, whole=True, started=started,
+                                               refreshed=refreshed)
+        # Commit: from here on this account answers the client.
+        self._attempt_row(run, account, response.status, FailureClass.OK, started, refreshed)
+        self._on_commit(run, account)
+        run.account_id, run.status, run.outcome = account.id, response.status, FailureClass.OK
+        self._phase(run, "streaming", account.id)
+        shaper = plan.shaper
+        await responder.start(response.status, shaper.client_headers(
+            response.header_items(), account, admitted.request_id, len(run.attempts)))
+        body_copy = bytearray() if watcher is None and shaper.wants_usage_scan else None
+        for chunk in held:
+            if body_copy is not None and len(body_copy) < USAGE_SCAN_LIMIT:
+                body_copy += chunk
+            await self._forward(run, responder, shaper.feed(chunk))
+        try:
+            if not exhausted:
+                async for chunk in chunks:
+                    if watcher is not None:
+                        watcher.feed(chunk)
+                    elif body_copy is not None and len(body_copy) < USAGE_SCAN_LIMIT:
+                        body_copy += chunk
+                    await self._forward(run, responder, shaper.feed(chunk))
+                    if responder.client_gone:
+                        break
+            await self._forward(run, responder, shaper.finish())
+        except UpstreamError as exc:
+            run.outcome = FailureClass.STREAM_INTERRUPTED
+            run.brief = f"upstream stream cut after commit ({exc})"
+            # An event stream can end with an explicit error event; any other body can only be cut short.
+            tail = shaper.interrupted(run.brief) if is_sse else b""
+            if tail:
+                await self._forward(run, responder, tail)
+                await responder.end()
+            else:
+                responder.abort()
+            self._note_error(account, FailureClass.STREAM_INTERRUPTED, run.brief)
+            return
+        finally:
+            if watcher is not None:
+                run.usage = watcher.usage or shaper.usage
+                if watcher.inband_error and run.outcome is FailureClass.OK:
+                    # A failure after content was already sent: recorded, and the account cools down.
+                    cls, brief = watcher.inband_error
+                    run.outcome, run.brief = cls, brief
+                    self._cool_down(account, cls, {}, None, brief)
+            elif body_copy is not None:
+                run.usage = usage_from_json_body(bytes(body_copy))
+            else:
+                run.usage = shaper.usage
+        if responder.client_gone:
+            run.outcome, run.brief = FailureClass.STREAM_INTERRUPTED, responder.gone_reason
+        await responder.end()
+
+    async def _read_ahead(self, run: Run, account: Account, chunks: AsyncIterator[bytes],
+                          watcher: StreamWatcher | None, held: list[bytes], *, whole: bool, started: float,
+                          refreshed: bool) -> bool:
+        """Hold chunks back until content (or, `whole`, the end); True when the upstream body is exhausted.
+
+        Without a watcher (not an event stream) `whole` is the only mode. Past WHOLE_READ_LIMIT bytes the
+        answer is committed as it is: a cut after that point can no longer fail over.
+        """
+        size = 0
+        while True:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return True
+            except UpstreamError as exc:
+                stage = "the answer was complete" if whole else "the first content event"
+                raise self._fail(run, account, FailureClass.UPSTREAM_ERROR, f"{exc} before {stage}",
+                                 status=200, ms=_ms(started), refreshed=refreshed) from None
+            held.append(chunk)
+            size += len(chunk)
+            if watcher is not None:
+                watcher.feed(chunk)
+                if watcher.inband_error is not None and (whole or not watcher.first_content_seen):
+                    cls, brief = watcher.inband_error
+                    raise self._fail(run, account, cls, brief, status=200, ms=_ms(started), refreshed=refreshed)
+                if not whole and (not watcher.only_metadata_seen or size > HOLD_LIMIT):
+                    return False
+            if size > WHOLE_READ_LIMIT:
+                return False
+
+    async def _forward(self, run: Run, responder: ClientAnswer, data: bytes) -> None:
+        if data:
+            if run.first_chunk_at is None:
+                run.first_chunk_at = time.monotonic()
+            await responder.send(data)
+
+    # ------------------------------------------------------------ refresh
+
+    async def _refresh(self, run: Run, account: Account, stale: Credentials) -> Credentials:
+        """Single-flight: concurrent requests wait on one lock; other processes on the file lock."""
+        lock = self._refresh_locks.setdefault(account.id, asyncio.Lock())
+        started = time.monotonic()
+        async with lock:
+            current = self.view.credentials(account.id)
+            if current is not None and current.generation != stale.generation:
+                return current  # refreshed by someone else while we waited
+            try:
+                fresh = await asyncio.to_thread(rotate_tokens, self.view.secrets.path, account.id,
+                                                stale_generation=stale.generation, token_url=self.config.token_url,
+                                                db_path=self.view.db_path)
+            except RefreshError as exc:
+                # Routing never blocks an account (docs/BEHAVIOUR.md §9): the attempt fails and the account cools down.
+                raise self._fail(run, account, FailureClass.AUTH_FAILED, str(exc), status=None,
+                                 ms=_ms(started), refreshed=True) from None
+            except Exception as exc:  # e.g. the secrets store is locked or unreadable
+                log.exception("token refresh of %s failed unexpectedly", account.display)
+                raise self._fail(run, account, FailureClass.AUTH_FAILED,
+                                 f"token refresh failed: {type(exc).__name__}", status=None,
+                                 ms=_ms(started), refreshed=True) from None
+            self.view.remember_credentials(fresh)
+            return fresh
+
+    # ------------------------------------------------------------ health and metrics
+
+    def _fail(self, run: Run, account: Account, cls: FailureClass, brief: str, *, status: int | None, ms: float,
+              refreshed: bool = False, headers: Any = None, body: bytes | None = None) -> AttemptFailed:
+        run.attempts.append({"request_id": run.admitted.request_id, "n": len(run.attempts) + 1,
+                             "account_id": account.id, "status": status, "class": cls.value, "ms": ms,
+                             "refreshed": int(refreshed), "started_at": time.time() - ms / 1000})
+        until = self._cool_down(account, cls, headers or {}, body, brief, model=run.admitted.model)
+        log.info("attempt on %s failed: %s (%s)", account.display, cls.value, brief)
+        return AttemptFailed(cls, brief, until)
+
+    def _cool_down(self, account: Account, cls: FailureClass, headers: Any, body: bytes | None, brief: str,
+                   *, model: str | None = None) -> float | None:
+        now = time.time()
+        until = cooldown_until(cls, headers, body, settings=self.view.settings, now=now)
+        h = self.view.health_of(account.id)
+        update: dict[str, Any] = {"last_error": brief, "last_error_class": cls.value, "last_error_at": now}
+        if until is not None:
+            if cls is FailureClass.MODEL_RESTRICTED and model:
+                update["model_cooldowns"] = {**h.model_cooldowns, model: until}
+            else:
+                # Escalation, the transient threshold and half-open state (recovery.py).
+                verdict = recovery.judge_failure(h, cls, until, settings=self.view.settings, now=now)
+                update.update(verdict.changes)
+                until = verdict.cooldown_until
+                if until is not None and until > (h.cooldown_until or 0):
+                    update.update(cooldown_until=until, cooldown_reason=brief, cooldown_class=cls.value)
+        self._put_health(h.model_copy(update=update))
+        return until
+
+    def _note_error(self, account: Account, cls: FailureClass, brief: str) -> None:
+        h = self.view.health_of(account.id)
+        self._put_health(h.model_copy(update={"last_error": brief, "last_error_class": cls.value,
+                                              "last_error_at": time.time()}))
+
+    def _observe_usage(self, account: Account, headers: Mapping[str, str]) -> None:
+        now = time.time()
+        obs = parse_usage_headers(headers, now)
+        h = self.view.health_of(account.id)
+        if now - (h.last_used_at or 0) < USAGE_REFRESH_S and (obs is None or (
+                obs.primary in (None, h.primary) and obs.secondary in (None, h.secondary)
+                and obs.ratelimit in (None, h.ratelimit))):
+            return  # nothing new within the last second: spare the copy and the write
+        update: dict[str, Any] = {"last_used_at": now}
+        if obs is not None:
+            if obs.primary is not None:
+                update.update(primary=obs.primary, usage_seen_at=now)
+            if obs.secondary is not None:
+                update.update(secondary=obs.secondary, usage_seen_at=now)
+            if obs.ratelimit is not None:
+                update.update(ratelimit=obs.ratelimit, ratelimit_seen_at=now)
+        self._put_health(h.model_copy(update=update))
+
+    def _put_health(self, health: AccountHealth) -> None:
+        self.view.update_health(health)
+        self.writer.submit(HealthUpdate(health))
+
+    def _attempt_row(self, run: Run, account: Account, status: int | None, cls: FailureClass, started: float,
+                     refreshed: bool) -> None:
+        run.attempts.append({"request_id": run.admitted.request_id, "n": len(run.attempts) + 1,
+                             "account_id": account.id, "status": status, "class": cls.value, "ms": _ms(started),
+                             "refreshed": int(refreshed), "started_at": time.time() - _ms(started) / 1000})
+
+    def _phase(self, run: Run, phase: str, account_id: str | None) -> None:
+        run.phase, run.phase_account_id = phase, account_id
+        if run.published:
+            self._submit_phase(run)
+
+    def _submit_phase(self, run: Run) -> None:
+        a = run.admitted
+        self.writer.submit(InflightUpdate(a.request_id, {
+            "request_id": a.request_id, "started_at": a.started_at, "updated_at": time.time(), "pid": _PID,
+            "client_key_label": a.client_label, "method": a.method, "endpoint": a.endpoint, "model": a.model,
+            "stream": int(a.stream), "account_id": run.phase_account_id, "attempts": len(run.attempts),
+            "phase": run.phase}))
+
+    def _record(self, run: Run) -> None:
+        a = run.admitted
+        end = time.monotonic()
+        usage = run.usage or TokenUsage()
+        self._running.pop(a.request_id, None)
+        if run.published:
+            self.writer.submit(InflightUpdate(a.request_id, None))
+        self.writer.submit(RequestRecord(row={
+            "id": a.request_id, "started_at": a.started_at, "finished_at": a.started_at + (end - a.t0),
+            "client_key_label": a.client_label, "method": a.method, "endpoint": a.endpoint, "model": a.model,
+            "stream": int(a.stream), "request_bytes": len(a.body), "account_id": run.account_id,
+            "attempts": len(run.attempts), "status": run.status, "outcome": run.outcome.value,
+            "failure_brief": run.brief if run.outcome is not FailureClass.OK else None,
+            "total_ms": run.ms_since_start(end), "upstream_headers_ms": run.ms_since_start(run.headers_at),
+            "first_chunk_ms": run.ms_since_start(run.first_chunk_at),
+            "stream_ms": round((end - run.first_chunk_at) * 1000, 2) if run.first_chunk_at else None,
+            "input_tokens": usage.input_tokens, "cached_input_tokens": usage.cached_input_tokens,
+            "output_tokens": usage.output_tokens, "reasoning_tokens": usage.reasoning_tokens,
+            "total_tokens": usage.total_tokens, "session_key": a.session_key,
+            "queue_wait_ms": round(run.queue_wait_s * 1000, 2) if run.queue_wait_s else None,
+        }, attempts=run.attempts))
+
+
+_PID = os.getpid()
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 2)
+
