@@ -44,3 +44,24 @@ def pool_env(tmp_path: Path, sim: object) -> object:
     from harness import Pool
 
     return Pool(tmp_path, sim)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """A fresh, migrated `pool.db` (closed again), for tests of what writes into it."""
+    from accountpool.storage import schema
+
+    path = tmp_path / "pool.db"
+    schema.connect(path).close()
+    return path
+
+
+@pytest.fixture
+def writer(db_path: Path) -> Iterator[object]:
+    """The metrics writer thread on `db_path`, flushing every 50 ms, stopped (drained) afterwards."""
+    from accountpool.storage.metrics_writer import MetricsWriter
+
+    w = MetricsWriter(db_path, flush_interval=0.05)
+    w.start()
+    yield w
+    w.stop()

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,20 +57,6 @@ def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
         time.sleep(0.02)
     return predicate()
 
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    path = tmp_path / "pool.db"
-    schema.connect(path).close()
-    return path
-
-
-@pytest.fixture
-def writer(db_path: Path) -> Iterator[MetricsWriter]:
-    w = MetricsWriter(db_path, flush_interval=0.05)
-    w.start()
-    yield w
-    w.stop()
 
 
 def test_many_submits_become_few_transactions(writer: MetricsWriter, db_path: Path) -> None:

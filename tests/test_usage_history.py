@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +35,6 @@ def observed(account_id: str, at: float, primary: float, *, primary_reset: float
                               reset_at=weekly_reset if weekly_reset is not None else at + 3 * 86_400),
         **kw)
 
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    path = tmp_path / "pool.db"
-    schema.connect(path).close()
-    return path
-
-
-@pytest.fixture
-def writer(db_path: Path) -> Iterator[MetricsWriter]:
-    w = MetricsWriter(db_path, flush_interval=0.02)
-    w.start()
-    yield w
-    w.stop()
 
 
 def test_a_busy_account_gets_one_sample_per_window_and_minute(writer: MetricsWriter, db_path: Path) -> None:
