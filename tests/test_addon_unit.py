@@ -115,15 +115,22 @@ def pooled_flow(path: str = "/v1/responses", **headers: str) -> http.HTTPFlow:
     return f
 
 
-def test_requestheaders_scope_and_fail_closed_without_relay(pool_db):
+async def test_requestheaders_scope_and_fail_closed_without_relay(pool_db, monkeypatch):
+    """Before `running` (mitmproxy listens first) a pooled flow waits for the relay; if it never comes, the
+    flow dies rather than going anywhere."""
+    from accountpool.proxy import mitm_addon
+
+    monkeypatch.setattr(mitm_addon, "STARTUP_WAIT_S", 0.05)
     addon = AccountPool()
     with taddons.context(addon) as tctx:
         tctx.configure(addon, pool_db=str(pool_db))
         other = pooled_flow("/dashboard")
-        addon.requestheaders(other)
+        assert addon.requestheaders(other) is None
         assert POOLED not in other.metadata and other.request.host == "api.openai.com"
         f = pooled_flow(authorization="Bearer sk-pool-secret", x_api_key="sk-pool-secret")
-        addon.requestheaders(f)
+        waiting = addon.requestheaders(f)
+        assert waiting is not None and POOLED not in f.metadata  # nothing decided while it waits
+        await waiting
         assert f.metadata[POOLED]
         # The client key is out of the flow before any view sees it, and with no relay the flow dies.
         assert "authorization" not in f.request.headers and "x-api-key" not in f.request.headers

@@ -118,6 +118,10 @@ def test_regular_mode_commands_as_written(home, sim):
              "print(json.dumps({'status': r.status_code, 'account': r.headers.get('x-accountpool-account')}))")
     client_script = "; ".join([*exports, f"exec {BIN / 'python'} -c {_quote(probe)}"])
     with running(proxy_command, cwd, {**env, "ACCOUNTPOOL_CLIENT_KEY": pool.client_key}, 8080, log):
+        # mitmproxy 12 may write its CA just after it starts listening; a person reads it after that anyway.
+        ca, deadline = cwd / ".mitmproxy" / "mitmproxy-ca-cert.pem", time.monotonic() + 15
+        while not ca.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
         out = subprocess.run(["bash", "-c", client_script], cwd=cwd, capture_output=True, text=True, timeout=60,
                              env={**env, "ACCOUNTPOOL_CLIENT_KEY": pool.client_key})
         assert out.returncode == 0, out.stderr[-2000:]

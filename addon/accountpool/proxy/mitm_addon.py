@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import httpx
@@ -45,6 +46,8 @@ POOLED = "accountpool.pooled"
 DESTINATION = "accountpool.destination"
 REFUSED = "accountpool.refused"
 INFLIGHT_CHECK_S = 0.1
+STARTUP_WAIT_S = 10.0
+"""How long a request that arrives before `running` waits for the relay (mitmproxy listens first)."""
 CLIENT_KEY_HEADERS = ("authorization", "x-api-key", "api-key")
 SESSION_HEADERS = ("session_id", "x-session-id", "conversation-id", "conversation_id")
 
@@ -131,6 +134,8 @@ class AccountPool:
         self.throttle = FailedAuthThrottle()
         self._client_keys: dict[str, str | None] = {}
         self._connect_keys: dict[str, str] = {}
+        self._running = asyncio.Event()
+        self._stopped = False
 
     # ------------------------------------------------------------ options
 
@@ -144,13 +149,6 @@ class AccountPool:
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
         addon_options.validate(opts, updated)
-        if "connection_strategy" in updated and opts.connection_strategy != "lazy":
-            # Eager mode connects to the original server (the reverse target) as soon as a client connects,
-            # before any hook has seen a request: where that host is unreachable every client is dropped,
-            # and where it is reachable each connection opens a useless one. Pooled requests never go there.
-            log.info("accountpool: setting connection_strategy=lazy (pooled requests never go to the original "
-                     "server, so mitmproxy must not connect to it before a request is seen)")
-            opts.connection_strategy = "lazy"
         if "pool_db" in updated or "pool_secrets" in updated or self.view is None:
             if self.relay is not None and self.view is not None:
                 # The relay, the router and the metrics writer are bound to the pool they started with.
@@ -162,6 +160,15 @@ class AccountPool:
         if self.view is not None and updated & set(addon_options.COOLDOWN_OPTIONS):
             self.view.setting_defaults = addon_options.setting_defaults(opts)
             self.view.refresh(force=True)
+        # Last, once the pool is open: setting an option re-enters `configure`, and an error above must not
+        # leave the option half-changed.
+        if "connection_strategy" in updated and opts.connection_strategy != "lazy":
+            # Eager mode connects to the original server (the reverse target) as soon as a client connects,
+            # before any hook has seen a request: where that host is unreachable every client is dropped,
+            # and where it is reachable each connection opens a useless one. Pooled requests never go there.
+            log.info("accountpool: setting connection_strategy=lazy (pooled requests never go to the original "
+                     "server, so mitmproxy must not connect to it before a request is seen)")
+            opts.connection_strategy = "lazy"
 
     def _open_pool(self) -> None:
         opts = ctx.options
@@ -191,6 +198,7 @@ class AccountPool:
         self.client = UpstreamClient()
         self.relay = Relay(Router(self.view, self.writer, self._router_config(), self.client))
         _spawn(self.relay.start(), "accountpool-relay")
+        self._running.set()
         self._publisher = _spawn(self.relay.router.publish_inflight_every(INFLIGHT_CHECK_S), "accountpool-inflight")
         if opts.pool_usage_sweep > 0:
             self.control_client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
@@ -226,6 +234,7 @@ class AccountPool:
             else:
                 task = _spawn(_close(self.relay, self.client, self.control_client), "accountpool-close")
         self.relay = self.client = self.control_client = None
+        self._stopped = True
         if self.writer is not None:
             self.writer.stop()
         if self.view is not None:
@@ -243,9 +252,25 @@ class AccountPool:
     def client_disconnected(self, client: Any) -> None:
         self._connect_keys.pop(client.id, None)
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response or flow.error or not flow.live or not self._in_scope(flow):
-            return
+            return None
+        if self.relay is None and not self._stopped:
+            # mitmproxy listens before it calls `running`, where the relay starts: a client that connects
+            # at once waits for it here (mitmproxy awaits what a hook returns) instead of being dropped.
+            return self._requestheaders_once_running(flow)
+        self._take_in(flow)
+        return None
+
+    async def _requestheaders_once_running(self, flow: http.HTTPFlow) -> None:
+        try:
+            await asyncio.wait_for(self._running.wait(), STARTUP_WAIT_S)
+        except TimeoutError:
+            pass  # _point_at_relay kills the flow: fail closed
+        self._take_in(flow)
+
+    def _take_in(self, flow: http.HTTPFlow) -> None:
+        """Mark the flow pooled, point it at the relay, take the client key out, refuse what is too big."""
         flow.metadata[POOLED] = True
         try:
             self._point_at_relay(flow)
