@@ -98,7 +98,8 @@ class Stream(asyncio.Protocol):
             self.done.set_result(None)
 
 
-async def client_main(port: int, auth: str, n: int, deltas: int, delay_ms: int, deadline_s: float) -> dict:
+async def client_main(port: int, auth: str, n: int, deltas: int, delay_ms: int, deadline_s: float,
+                      open_rate: float = 0.0) -> dict:
     loop = asyncio.get_running_loop()
     request = ("\r\n".join(["POST /v1/responses HTTP/1.1", f"host: 127.0.0.1:{port}",
                             "content-type: application/json", f"content-length: {len(BODY)}",
@@ -122,7 +123,11 @@ async def client_main(port: int, auth: str, n: int, deltas: int, delay_ms: int, 
 
     cpu0 = time.process_time()
     t_start = time.monotonic()
-    tasks = [asyncio.ensure_future(one()) for _ in range(n)]
+    tasks = []
+    for i in range(n):
+        if open_rate and (wait := t_start + i / open_rate - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+        tasks.append(asyncio.ensure_future(one()))
     _, pending = await asyncio.wait(tasks, timeout=deadline_s)
     for t in pending:
         t.cancel()
@@ -141,7 +146,8 @@ async def client_main(port: int, auth: str, n: int, deltas: int, delay_ms: int, 
             "peak_open": peak, "t_start": t_start, "wall_s": time.monotonic() - t_start, "client_cpu_s": cpu,
             "ttfb_ms": sorted(round((s.first - s.t0) * 1000, 1) for s in ok),
             "duration_ms": sorted(round((s.end - s.t0) * 1000, 1) for s in ok),
-            "ends": sorted(s.end for s in ok)}
+            "ends": sorted(s.end for s in ok),
+            "streaming": [(s.first, s.end) for s in streams if s.first]}
 
 
 def _count(values: object) -> dict:
@@ -248,7 +254,7 @@ def run_target(px: object, args: argparse.Namespace, pool_db: Path | None, work:
     deadline = args.deltas * args.delay_ms / 1000 * 4 + 120
     out = subprocess.run([sys.executable, __file__, "--client", "--port", str(px.port), "--auth", px.auth,  # type: ignore[attr-defined]
                           "--streams", str(args.streams), "--deltas", str(args.deltas), "--delay-ms",
-                          str(args.delay_ms), "--deadline", str(deadline)],
+                          str(args.delay_ms), "--deadline", str(deadline), "--open-rate", str(args.open_rate)],
                          capture_output=True, text=True, timeout=deadline + 60, check=False)
     cpu = cpu_seconds(pid) - cpu0
     time.sleep(1.0)  # the last rows: one flush interval and then some
@@ -262,7 +268,15 @@ def run_target(px: object, args: argparse.Namespace, pool_db: Path | None, work:
     res["mitmdump_cpu_s"] = round(cpu, 2)
     res["rss_idle_kib"] = rss_idle
     res["rss_peak_kib"] = max(r for _, r in sampler.rss)
-    res["rss_per_stream_kib"] = round((res["rss_peak_kib"] - rss_idle) / max(1, res["peak_open"]), 1)
+    # Per open stream: at the RSS sample where the most streams were streaming through the proxy (first body
+    # byte seen, not yet ended), RSS above idle divided by that count.
+    streaming = res.pop("streaming")
+    best = (0, 0)
+    for t, rss in sampler.rss:
+        count = sum(1 for first, end in streaming if first <= t < end)
+        best = max(best, (count, rss))
+    res["streaming_peak"], res["rss_at_streaming_peak_kib"] = best
+    res["rss_per_stream_kib"] = round((best[1] - rss_idle) / best[0], 1) if best[0] else None
     if pool_db is not None and rows0 is not None:
         with sqlite3.connect(f"file:{pool_db}?mode=ro", uri=True, timeout=5) as c:
             rows1 = c.execute("SELECT (SELECT count(*) FROM requests), (SELECT count(*) FROM attempts), "
@@ -308,8 +322,9 @@ def summarise(r: dict, args: argparse.Namespace) -> str:
                      f"(stream itself {args.deltas * args.delay_ms} ms)")
     lines.append(f"  mitmdump CPU {r['mitmdump_cpu_s']:.1f} s over {r['wall_s']:.1f} s wall; "
                  f"load generator CPU {r['client_cpu_s']:.1f} s")
-    lines.append(f"  mitmdump RSS idle {r['rss_idle_kib'] / 1024:.1f} MiB, peak {r['rss_peak_kib'] / 1024:.1f} MiB "
-                 f"-> {r['rss_per_stream_kib']:.1f} KiB per open stream")
+    lines.append(f"  mitmdump RSS idle {r['rss_idle_kib'] / 1024:.1f} MiB, peak {r['rss_peak_kib'] / 1024:.1f} MiB; "
+                 f"{r['rss_at_streaming_peak_kib'] / 1024:.1f} MiB with {r['streaming_peak']} streaming at once "
+                 f"-> {r['rss_per_stream_kib']} KiB per open stream above idle")
     if "requests_rows" in r:
         lag = r["writer_lag_s"]
         lines.append(f"  metrics: {r['requests_rows']} requests rows ({r['requests_ok_with_usage']} ok with usage), "
@@ -337,7 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delay-ms", type=int, default=200)
     p.add_argument("--rounds", type=int, default=1, help="alternations bare, addon (default 1)")
     p.add_argument("--addon-only", action="store_true")
+    p.add_argument("--bare-only", action="store_true")
     p.add_argument("--no-dashboard", action="store_true")
+    p.add_argument("--open-rate", type=float, default=0.0,
+                   help="connections opened per second (default 0: all at once, a burst)")
     p.add_argument("--deadline", type=float, default=300.0, help="client / dashboard time bound, seconds")
     # internal modes: the load generator and the dashboard timer run as their own processes
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
@@ -349,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.client:
         raise_nofile()
         json.dump(asyncio.run(client_main(args.port, args.auth, args.streams, args.deltas, args.delay_ms,
-                                          args.deadline)), sys.stdout)
+                                          args.deadline, args.open_rate)), sys.stdout)
         return 0
     if args.dashboard:
         json.dump(asyncio.run(dashboard_main(args.dashboard, args.stop_file, 1.0, args.deadline)), sys.stdout)
@@ -365,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         pool = make_pool(work, url)
-        targets = [start_addon(work, url, pool)]
+        targets = [] if args.bare_only else [start_addon(work, url, pool)]
         if not args.addon_only:
             targets.insert(0, start_bare(work, url))
         try:

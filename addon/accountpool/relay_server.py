@@ -66,8 +66,13 @@ class Responder:
         self._conn.queue(self._head(status, headers, b"transfer-encoding: chunked\r\n" if self._chunked else b""))
 
     async def send(self, data: bytes) -> None:
-        if data and self._chunked and not self.finished:
-            await self._write(b"%x\r\n%b\r\n" % (len(data), data))
+        # Inline, not through `_write`: this runs for every chunk of every stream.
+        if data and self._chunked and not self.finished and not self.client_gone:
+            conn = self._conn
+            if not conn.queue(b"%x\r\n%b\r\n" % (len(data), data)):
+                self.client_gone = True
+            elif conn.paused is not None:
+                await conn.drained()
 
     async def end(self) -> None:
         if not self.finished:
@@ -104,7 +109,8 @@ class Responder:
         if not self._conn.queue(data):
             self.client_gone = True  # mitmproxy closed its side (its client went away)
             return
-        await self._conn.drained()
+        if self._conn.paused is not None:
+            await self._conn.drained()
 
 
 Handler = Callable[[RelayRequest, Responder], Awaitable[None]]
@@ -124,7 +130,7 @@ class _Connection(asyncio.Protocol):
         """Skipping a chunked request body: 0 not, 1 next size line (chunk data goes by `_discard`), 3 trailers."""
         self._busy = False
         self._out: list[bytes] = []
-        self._paused: asyncio.Future | None = None
+        self.paused: asyncio.Future | None = None
         self._responder: Responder | None = None
 
     # ------------------------------------------------------------ writing
@@ -147,18 +153,18 @@ class _Connection(asyncio.Protocol):
                 self._transport.write(data)
 
     async def drained(self) -> None:
-        if self._paused is not None:
-            await asyncio.shield(self._paused)
+        if self.paused is not None:
+            await asyncio.shield(self.paused)
 
     def pause_writing(self) -> None:
-        if self._paused is None:
-            self._paused = asyncio.get_running_loop().create_future()
+        if self.paused is None:
+            self.paused = asyncio.get_running_loop().create_future()
 
     def resume_writing(self) -> None:
-        if self._paused is not None:
-            if not self._paused.done():
-                self._paused.set_result(None)
-            self._paused = None
+        if self.paused is not None:
+            if not self.paused.done():
+                self.paused.set_result(None)
+            self.paused = None
 
     def abort(self) -> None:
         self._out.clear()
