@@ -226,6 +226,17 @@ class Sampler(threading.Thread):
             conn.close()
 
 
+def listen_overflows() -> int:
+    """TcpExt ListenOverflows from /proc/net/netstat (network-namespace wide): connections a full accept queue
+    turned away. mitmproxy listens with asyncio's default backlog of 100."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for head, values in zip(lines[::2], lines[1::2], strict=False):
+        if head.startswith("TcpExt:"):
+            fields = dict(zip(head.split()[1:], values.split()[1:], strict=False))
+            return int(fields.get("ListenOverflows", 0))
+    return 0
+
+
 def pct(values: list[float], p: float) -> float | None:
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))] if values else None
 
@@ -251,12 +262,14 @@ def run_target(px: object, args: argparse.Namespace, pool_db: Path | None, work:
         dash = subprocess.Popen([sys.executable, __file__, "--dashboard", str(pool_db), "--stop-file", str(stop_file),
                                  "--deadline", str(args.deadline)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     cpu0 = cpu_seconds(pid)
+    overflows0 = listen_overflows()
     deadline = args.deltas * args.delay_ms / 1000 * 4 + 120
     out = subprocess.run([sys.executable, __file__, "--client", "--port", str(px.port), "--auth", px.auth,  # type: ignore[attr-defined]
                           "--streams", str(args.streams), "--deltas", str(args.deltas), "--delay-ms",
                           str(args.delay_ms), "--deadline", str(deadline), "--open-rate", str(args.open_rate)],
                          capture_output=True, text=True, timeout=deadline + 60, check=False)
     cpu = cpu_seconds(pid) - cpu0
+    overflows = listen_overflows() - overflows0
     time.sleep(1.0)  # the last rows: one flush interval and then some
     sampler.stop.set()
     sampler.join(5)
@@ -266,6 +279,7 @@ def run_target(px: object, args: argparse.Namespace, pool_db: Path | None, work:
     res = json.loads(out.stdout)
     res["name"] = px.name  # type: ignore[attr-defined]
     res["mitmdump_cpu_s"] = round(cpu, 2)
+    res["listen_overflows"] = overflows
     res["rss_idle_kib"] = rss_idle
     res["rss_peak_kib"] = max(r for _, r in sampler.rss)
     # Per open stream: at the RSS sample where the most streams were streaming through the proxy (first body
@@ -315,7 +329,8 @@ def summarise(r: dict, args: argparse.Namespace) -> str:
     ttfb, dur = r["ttfb_ms"], r["duration_ms"]
     lines = [f"{r['name']}: {r['completed']}/{r['streams']} completed (response.completed + clean chunked end), "
              f"peak {r['peak_open']} open, incomplete {r['incomplete']}, statuses {r['statuses']}, "
-             f"connect errors {r['connect_errors'] or 0}, cut by deadline {r['cut_by_deadline']}"]
+             f"connect errors {r['connect_errors'] or 0}, cut by deadline {r['cut_by_deadline']}; "
+             f"accept-queue overflows during the run {r['listen_overflows']} (TcpExt ListenOverflows)"]
     if ttfb:
         lines.append(f"  first body byte ms: p50 {pct(ttfb, 50):.0f}  p95 {pct(ttfb, 95):.0f}  max {ttfb[-1]:.0f}")
         lines.append(f"  duration ms: p50 {pct(dur, 50):.0f}  p95 {pct(dur, 95):.0f}  max {dur[-1]:.0f} "

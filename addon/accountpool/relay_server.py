@@ -37,11 +37,17 @@ _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep
 _BODYLESS = frozenset({204, 304})
 
 
+TICKET_HEADER = "x-accountpool-ticket"
+
+
 @dataclass
 class RelayRequest:
+    """What the relay needs from a forwarded request: the router works from the admitted copy, so the
+    headers are not kept (an open stream would hold them for its whole life)."""
+
     method: str
     target: str
-    headers: list[tuple[str, str]]
+    ticket: str | None
 
 
 class Responder:
@@ -244,16 +250,18 @@ class _Connection(asyncio.Protocol):
         except ValueError:
             self._refuse(400, b"bad request line")
             return
-        headers: list[tuple[str, str]] = []
+        ticket = None
         close = version == "HTTP/1.0"
         length = 0
         for line in lines:
             name, sep, value = line.partition(":")
             if not sep:
                 continue
-            value = value.strip()
-            headers.append((name, value))
             lname = name.lower()
+            if lname == TICKET_HEADER:
+                ticket = ticket or value.strip()
+                continue
+            value = value.strip()
             if lname == "content-length":
                 if not value.isdigit():
                     self._refuse(400, b"bad content-length")
@@ -268,7 +276,7 @@ class _Connection(asyncio.Protocol):
             self._discard = length
         self._busy = True
         responder = self._responder = Responder(self, method == "HEAD", close)
-        task = asyncio.get_running_loop().create_task(self._serve(RelayRequest(method, target, headers), responder))
+        task = asyncio.get_running_loop().create_task(self._serve(RelayRequest(method, target, ticket), responder))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
