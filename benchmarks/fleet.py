@@ -99,13 +99,17 @@ class Stream(asyncio.Protocol):
 
 
 async def client_main(port: int, auth: str, n: int, deltas: int, delay_ms: int, deadline_s: float,
-                      open_rate: float = 0.0) -> dict:
+                      open_rate: float = 0.0, body_kib: int = 0) -> dict:
     loop = asyncio.get_running_loop()
+    body = BODY if not body_kib else json.dumps({
+        "model": "gpt-5.5", "stream": True, "input": [
+            {"role": "user" if i % 2 else "assistant", "content": f"turn {i} of a long agent conversation " * 14}
+            for i in range(body_kib * 2)]}).encode()
     request = ("\r\n".join(["POST /v1/responses HTTP/1.1", f"host: 127.0.0.1:{port}",
-                            "content-type: application/json", f"content-length: {len(BODY)}",
+                            "content-type: application/json", f"content-length: {len(body)}",
                             "accept: text/event-stream", "connection: close", f"authorization: {auth}",
                             f"x-sim-deltas: {deltas}", f"x-sim-delta-delay-ms: {delay_ms}"]) + "\r\n\r\n").encode()
-    request += BODY
+    request += body
     streams: list[Stream] = []
     errors: dict[str, int] = {}
 
@@ -266,7 +270,8 @@ def run_target(px: object, args: argparse.Namespace, pool_db: Path | None, work:
     deadline = args.deltas * args.delay_ms / 1000 * 4 + 120
     out = subprocess.run([sys.executable, __file__, "--client", "--port", str(px.port), "--auth", px.auth,  # type: ignore[attr-defined]
                           "--streams", str(args.streams), "--deltas", str(args.deltas), "--delay-ms",
-                          str(args.delay_ms), "--deadline", str(deadline), "--open-rate", str(args.open_rate)],
+                          str(args.delay_ms), "--deadline", str(deadline), "--open-rate", str(args.open_rate),
+                          "--body-kib", str(args.body_kib)],
                          capture_output=True, text=True, timeout=deadline + 60, check=False)
     cpu = cpu_seconds(pid) - cpu0
     overflows = listen_overflows() - overflows0
@@ -369,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--addon-only", action="store_true")
     p.add_argument("--bare-only", action="store_true")
     p.add_argument("--no-dashboard", action="store_true")
+    p.add_argument("--body-kib", type=int, default=0,
+                   help="request body of about this many KiB (an agent's conversation so far); default a short one")
     p.add_argument("--open-rate", type=float, default=0.0,
                    help="connections opened per second (default 0: all at once, a burst)")
     p.add_argument("--deadline", type=float, default=300.0, help="client / dashboard time bound, seconds")
@@ -382,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.client:
         raise_nofile()
         json.dump(asyncio.run(client_main(args.port, args.auth, args.streams, args.deltas, args.delay_ms,
-                                          args.deadline, args.open_rate)), sys.stdout)
+                                          args.deadline, args.open_rate, args.body_kib)), sys.stdout)
         return 0
     if args.dashboard:
         json.dump(asyncio.run(dashboard_main(args.dashboard, args.stop_file, 1.0, args.deadline)), sys.stdout)

@@ -298,6 +298,7 @@ class Router:
             exhausted = await self._read_ahead(run, account, chunks, None, held, whole=True, started=started,
                                                refreshed=refreshed)
         # Commit: from here on this account answers the client.
+        admitted.json_body = None  # no attempt is planned after commit: a long stream need not hold the parsed body
         self._attempt_row(run, account, response.status, FailureClass.OK, started, refreshed)
         run.account_id, run.status, run.outcome = account.id, response.status, FailureClass.OK
         self._phase(run, "streaming", account.id)
