@@ -299,8 +299,9 @@ def run_target(px: object, args: argparse.Namespace, pool_db: Path | None, work:
     if pool_db is not None and rows0 is not None:
         with sqlite3.connect(f"file:{pool_db}?mode=ro", uri=True, timeout=5) as c:
             rows1 = c.execute("SELECT (SELECT count(*) FROM requests), (SELECT count(*) FROM attempts), "
-                              "(SELECT count(*) FROM requests WHERE outcome = 'ok' AND output_tokens = ?)",
-                              [args.deltas]).fetchone()
+                              "(SELECT count(*) FROM requests WHERE rowid > ? AND outcome = 'ok' "
+                              "AND output_tokens = ?)",
+                              [rows0[2] or 0, args.deltas]).fetchone()
         res["requests_rows"] = rows1[0] - rows0[0]
         res["attempts_rows"] = rows1[1] - rows0[1]
         res["requests_ok_with_usage"] = rows1[2]
