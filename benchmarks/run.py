@@ -45,7 +45,9 @@ from common import (
     wait_for_port,
 )
 
-TARGET_RPS_RATIO = 0.90
+TARGET_RPS_RATIO = 0.95
+TARGET_CPU_RATIO = 1.05
+"""Issue 14: at concurrency 8 and 64, addon >= 0.95 of bare's req/s and <= 1.05x its CPU per request."""
 TARGET_P50_EXTRA_MS = 1.0
 TARGET_TTFB_EXTRA_MS = 1.0
 
@@ -128,6 +130,10 @@ def verdicts(summary: dict) -> list[str]:
         ratio = a["rps"] / b["rps"] if b["rps"] else 0.0
         out.append(f"{scen}: req/s ratio {ratio:.2f} (target >= {TARGET_RPS_RATIO}) "
                    f"{'met' if ratio >= TARGET_RPS_RATIO else 'MISSED'}")
+        if b["cpu_ms_per_req"] and a["cpu_ms_per_req"]:
+            cpu = a["cpu_ms_per_req"] / b["cpu_ms_per_req"]
+            out.append(f"{scen}: CPU per request {cpu:.2f}x bare (target <= {TARGET_CPU_RATIO}x) "
+                       f"{'met' if cpu <= TARGET_CPU_RATIO else 'MISSED'}")
         extra = a["p50_ms"] - b["p50_ms"]
         out.append(f"{scen}: p50 bare+{extra:.2f} ms (target <= +{TARGET_P50_EXTRA_MS}) "
                    f"{'met' if extra <= TARGET_P50_EXTRA_MS else 'MISSED'}")

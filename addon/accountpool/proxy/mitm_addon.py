@@ -16,7 +16,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import httpx
@@ -49,7 +49,10 @@ INFLIGHT_CHECK_S = 0.1
 STARTUP_WAIT_S = 10.0
 """How long a request that arrives before `running` waits for the relay (mitmproxy listens first)."""
 CLIENT_KEY_HEADERS = ("authorization", "x-api-key", "api-key")
+_CLIENT_KEY_FIELDS = tuple(h.encode() for h in CLIENT_KEY_HEADERS)
+_KEY_FIELDS = frozenset({*_CLIENT_KEY_FIELDS, b"proxy-authorization"})
 SESSION_HEADERS = ("session_id", "x-session-id", "conversation-id", "conversation_id")
+_ADMISSION_HEADERS = frozenset({"content-type", "chatgpt-account-id", *SESSION_HEADERS})
 
 
 MAX_REQUEST_HEADERS = 64
@@ -67,7 +70,17 @@ def header_flood(headers: http.Headers) -> str | None:
     return None
 
 
-def session_key(headers: http.Headers, body: dict[str, Any] | None) -> str | None:
+def _text(value: bytes) -> str:
+    """A header value as mitmproxy's `Headers` decodes it."""
+    return value.decode("utf-8", "surrogateescape")
+
+
+def _joined(values: list[bytes]) -> str:
+    """Repeated fields read as one value, as `Headers[name]` reads them."""
+    return ", ".join(_text(v) for v in values)
+
+
+def session_key(headers: Mapping[str, str], body: dict[str, Any] | None) -> str | None:
     """A hash of the conversation identity: affinity keeps a conversation on one account."""
     raw = next((headers[h] for h in SESSION_HEADERS if h in headers), None)
     if raw is None and body is not None:
@@ -136,6 +149,11 @@ class AccountPool:
         self._connect_keys: dict[str, str] = {}
         self._running = asyncio.Event()
         self._stopped = False
+        self._max_body = 0
+        self._require_keys = True
+        self._fault_inject = ""
+        self._upstream_hosts: frozenset[str] = frozenset()
+        """Copies of the options read per request: `ctx.options.x` deep-copies the value on every read."""
 
     # ------------------------------------------------------------ options
 
@@ -149,6 +167,9 @@ class AccountPool:
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
         addon_options.validate(opts, updated)
+        self._max_body, self._require_keys = opts.pool_max_body, opts.pool_require_client_keys
+        self._fault_inject = opts.pool_fault_inject
+        self._upstream_hosts = frozenset(h.strip().lower() for h in opts.pool_upstream_hosts.split(",") if h.strip())
         if "pool_db" in updated or "pool_secrets" in updated or self.view is None:
             if self.relay is not None and self.view is not None:
                 # The relay, the router and the metrics writer are bound to the pool they started with.
@@ -274,20 +295,32 @@ class AccountPool:
         flow.metadata[POOLED] = True
         try:
             self._point_at_relay(flow)
-            # Take the client's key out of the flow before mitmweb sees it.
-            key = proxy_auth_key(flow.request.headers.get("proxy-authorization")) or \
-                self._connect_keys.get(flow.client_conn.id)
-            for name in CLIENT_KEY_HEADERS:
-                if name in flow.request.headers:
-                    value = bearer_value(flow.request.headers[name])
-                    key = key or value
-                    del flow.request.headers[name]
-            flow.request.headers.pop("proxy-authorization", None)
+            # Take the client's key out of the flow before mitmweb sees it: one pass over the header fields.
+            headers = flow.request.headers
+            taken: dict[bytes, list[bytes]] = {}
+            kept = []
+            length = None
+            for field in headers.fields:
+                name = field[0].lower()
+                if name in _KEY_FIELDS:
+                    taken.setdefault(name, []).append(field[1])
+                    continue
+                if name == b"content-length" and length is None:
+                    length = _text(field[1])
+                kept.append(field)
+            key = None
+            if taken:
+                headers.fields = tuple(kept)
+                proxy_auth = taken.get(b"proxy-authorization")
+                key = proxy_auth_key(_joined(proxy_auth)) if proxy_auth else None
+            key = key or self._connect_keys.get(flow.client_conn.id)
+            for name in _CLIENT_KEY_FIELDS:
+                if values := taken.get(name):
+                    key = key or bearer_value(_joined(values))
             self._client_keys[flow.id] = key
-            length = flow.request.headers.get("content-length")
-            if length and length.isdigit() and int(length) > ctx.options.pool_max_body:
+            if length and length.isdigit() and int(length) > self._max_body:
                 self._answer(flow, errors.bad_request(
-                    f"request body of {length} bytes exceeds the limit of {ctx.options.pool_max_body}",
+                    f"request body of {length} bytes exceeds the limit of {self._max_body}",
                     status=413, code="request_too_large"))
             elif flood := header_flood(flow.request.headers):
                 # Refused here: forwarded, a flood makes upstreams drop the connection, which would cool
@@ -354,8 +387,7 @@ class AccountPool:
         the key check). Other modes: the configured API hosts' pooled paths; all else passes through."""
         if isinstance(flow.client_conn.proxy_mode, ReverseMode):
             return True
-        hosts = {h.strip().lower() for h in ctx.options.pool_upstream_hosts.split(",") if h.strip()}
-        if flow.request.pretty_host.lower() not in hosts:
+        if flow.request.pretty_host.lower() not in self._upstream_hosts:
             return False
         path = flow.request.path
         # A traversal that starts inside a pooled prefix is pooled, so that it is refused rather than passed on.
@@ -363,7 +395,7 @@ class AccountPool:
 
     async def _admit(self, flow: http.HTTPFlow) -> Admitted:
         assert self.view is not None and self.relay is not None and self.writer is not None
-        if ctx.options.pool_fault_inject == "request_hook":
+        if self._fault_inject == "request_hook":
             raise RuntimeError("injected fault (pool_fault_inject=request_hook)")
         now = time.time()
         self.view.refresh()
@@ -383,21 +415,30 @@ class AccountPool:
         except ValueError:
             raise BadRequest(errors.bad_request("the request body's content-encoding could not be decoded",
                                                 status=415)) from None
-        if len(content) > ctx.options.pool_max_body:
+        if len(content) > self._max_body:
             raise BadRequest(errors.bad_request(
-                f"request body of {len(content)} bytes exceeds the limit of {ctx.options.pool_max_body}",
+                f"request body of {len(content)} bytes exceeds the limit of {self._max_body}",
                 status=413, code="request_too_large"))
-        body = parse_body(req.method, content, req.headers.get("content-type", ""))
-        pinned = req.headers.get("chatgpt-account-id")
+        # One pass over the fields: the list the router forwards, and the few values admission reads.
+        headers: list[tuple[str, str]] = []
+        wanted: dict[str, str] = {}
+        for name_b, value_b in req.headers.fields:
+            name, value = _text(name_b), _text(value_b)
+            headers.append((name, value))
+            lname = name.lower()
+            if lname in _ADMISSION_HEADERS:
+                wanted[lname] = f"{wanted[lname]}, {value}" if lname in wanted else value
+        body = parse_body(req.method, content, wanted.get("content-type", ""))
+        pinned = wanted.get("chatgpt-account-id")
         if pinned and not any(pinned in (a.id, a.upstream_account_id) for a in self.view.accounts):
             pinned = None  # a client's own login id that names no pool account does not pin (README)
         admitted = Admitted(
             request_id="req_" + secrets.token_hex(8), started_at=req.timestamp_start or now,
             t0=time.monotonic() - max(0.0, now - (req.timestamp_start or now)), method=req.method,
             path=checked.path, endpoint=checked.path.partition("?")[0], client_label=label,
-            headers=[(k, v) for k, v in req.headers.items(multi=True)], body=content, json_body=body,
+            headers=headers, body=content, json_body=body,
             model=body.get("model") if body else None, stream=bool(body and body.get("stream")),
-            session_key=session_key(req.headers, body), pinned_account=pinned)
+            session_key=session_key(wanted, body), pinned_account=pinned)
         if key_id:
             self.writer.submit(ClientKeyUse(key_id, now))
         flow.comment = f"accountpool: {admitted.request_id} from {label or 'anonymous'}"
@@ -429,7 +470,7 @@ class AccountPool:
     def _authenticate(self, flow: http.HTTPFlow, now: float) -> tuple[str | None, str | None]:
         assert self.view is not None
         key = self._client_keys.pop(flow.id, None)
-        if not ctx.options.pool_require_client_keys:
+        if not self._require_keys:
             return None, None
         match = match_client_key(key, self.view.client_keys) if key else None
         if match is not None:

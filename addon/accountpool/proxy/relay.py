@@ -20,12 +20,12 @@ import time
 from collections.abc import Callable
 
 from accountpool.models import FailureClass
-from accountpool.proxy.relay_server import RelayRequest, RelayServer, Responder
+from accountpool.proxy.relay_server import TICKET_HEADER, RelayRequest, RelayServer, Responder
 from accountpool.routing import errors
 from accountpool.routing.admitted import Admitted
 from accountpool.routing.router import WHOLE_READ_LIMIT, Router
 
-TICKET_HEADER = "x-accountpool-ticket"
+__all__ = ["TICKET_HEADER", "BufferedResponder", "Relay", "answers_whole"]
 TICKET_TTL_S = 120.0
 
 
@@ -118,8 +118,7 @@ class Relay:
         return ticket
 
     async def handle(self, request: RelayRequest, responder: Responder) -> None:
-        ticket = next((v for k, v in request.headers if k.lower() == TICKET_HEADER), None)
-        entry = self._tickets.pop(ticket, None) if ticket else None
+        entry = self._tickets.pop(request.ticket, None) if request.ticket else None
         if entry is None or entry[0] < time.monotonic():
             body = json.dumps({"error": {"message": "accountpool: unknown or expired relay ticket",
                                          "type": "invalid_request_error", "code": "invalid_ticket",

@@ -21,6 +21,7 @@ import aiohttp
 from yarl import URL
 
 READ_CHUNK = 64 * 1024
+URL_CACHE_MAX = 1024
 _NO_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Content-Type"})
 
 
@@ -71,25 +72,42 @@ class UpstreamResponse:
 
 
 class UpstreamClient:
-    def __init__(self, *, max_connections: int = 1000) -> None:
+    def __init__(self, *, max_connections: int = 0) -> None:
+        """`max_connections`: 0 (default) for no cap. Every open stream holds its own upstream connection, and a
+        cap would make the stream after it wait, silently, for another to end (a fleet of agents holds thousands
+        of streams open; the process's file-descriptor limit is the real bound)."""
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
+        self._urls: dict[str, URL] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         # Created on first use so the session binds to the running loop (mitmproxy's), not an import-time one.
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0),
+                # No cookie jar: one session serves every client, and a cookie one upstream answer set must not
+                # ride along on another client's request (the Set-Cookie header itself never reaches clients).
+                cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=True, trust_env=False, skip_auto_headers=_NO_AUTO_HEADERS)
         return self._session
 
     async def send(self, method: str, url: str, *, headers: list[tuple[str, str]], body: bytes,
                    connect_timeout_s: float, read_timeout_s: float) -> UpstreamResponse:
         """Send one request and wait for the response headers; the caller must `close()` the answer."""
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
+        timeout = self._timeouts.get((connect_timeout_s, read_timeout_s))
+        if timeout is None:
+            timeout = self._timeouts[(connect_timeout_s, read_timeout_s)] = aiohttp.ClientTimeout(
+                total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
+        target = self._urls.get(url)
+        if target is None:
+            # Parsed once per distinct URL (a handful: one per endpoint and account base); bounded anyway.
+            if len(self._urls) >= URL_CACHE_MAX:
+                self._urls.clear()
+            target = self._urls[url] = URL(url, encoded=True)
         try:
             response = await self._open().request(
-                method, URL(url, encoded=True), headers=headers, data=body if body or method != "GET" else None,
+                method, target, headers=headers, data=body if body or method != "GET" else None,
                 allow_redirects=False, timeout=timeout, read_bufsize=READ_CHUNK)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamError(_describe(exc)) from None

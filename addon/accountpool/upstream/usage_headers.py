@@ -35,13 +35,29 @@ class UsageObservation(BaseModel):
     seen_at: float
 
 
+_DURATIONS: dict[str, float | None] = {}
+_DURATIONS_MAX = 512
+
+
 def parse_duration_s(text: str | None) -> float | None:
     """Seconds in a Go-style duration ("1s", "6m0s", "20ms", "1h2m3.5s"); a bare number is seconds.
 
     OpenAI's `x-ratelimit-reset-*` headers use Go's `time.Duration` format. None when unreadable.
+    Two of them come with every answer and take few distinct values, so results are remembered.
     """
     if not isinstance(text, str):
         return None
+    try:
+        return _DURATIONS[text]
+    except KeyError:
+        pass
+    if len(_DURATIONS) >= _DURATIONS_MAX:
+        _DURATIONS.clear()
+    seconds = _DURATIONS[text] = _parse_duration(text)
+    return seconds
+
+
+def _parse_duration(text: str) -> float | None:
     text = text.strip()
     if not text:
         return None
@@ -87,7 +103,7 @@ def _window(
         at = now + after if after is not None and after >= 0 else None
     if used_percent is None and window_minutes is None and at is None:
         return None
-    return UsageWindow(used_percent=used_percent, window_minutes=window_minutes, reset_at=at)
+    return UsageWindow.model_construct(used_percent=used_percent, window_minutes=window_minutes, reset_at=at)
 
 
 def _codex_window(h: Mapping[str, str], prefix: str, now: float) -> UsageWindow | None:
@@ -110,8 +126,9 @@ def _ratelimit(h: Mapping[str, str]) -> RateLimitObservation | None:
         "remaining_tokens": _non_negative_int(h.get(p + "remaining-tokens")),
         "reset_tokens_s": parse_duration_s(h.get(p + "reset-tokens")),
     }
-    # Checked before building the model: this runs for every upstream answer.
-    return RateLimitObservation(**values) if any(v is not None for v in values.values()) else None
+    # Checked before building the model: this runs for every upstream answer. The values are typed and checked
+    # above, so the model is constructed without validating them a second time.
+    return RateLimitObservation.model_construct(**values) if any(v is not None for v in values.values()) else None
 
 
 def parse_usage_headers(headers: Mapping[str, str], now: float) -> UsageObservation | None:
@@ -120,17 +137,20 @@ def parse_usage_headers(headers: Mapping[str, str], now: float) -> UsageObservat
     None when no usable value is present, so the caller does not overwrite what it knew.
     """
     h = _lowered(headers)
-    if not any(k.startswith(("x-codex-", RATELIMIT_PREFIX)) for k in h):
+    codex = ratelimit = False
+    for k in h:
+        if k.startswith("x-codex-"):
+            codex = True
+        elif k.startswith(RATELIMIT_PREFIX):
+            ratelimit = True
+    if not codex and not ratelimit:
         return None
-    obs = UsageObservation(
-        primary=_codex_window(h, CODEX_PREFIXES["primary"], now),
-        secondary=_codex_window(h, CODEX_PREFIXES["secondary"], now),
-        ratelimit=_ratelimit(h),
-        seen_at=now,
-    )
-    if obs.primary is None and obs.secondary is None and obs.ratelimit is None:
+    primary = _codex_window(h, CODEX_PREFIXES["primary"], now) if codex else None
+    secondary = _codex_window(h, CODEX_PREFIXES["secondary"], now) if codex else None
+    limits = _ratelimit(h) if ratelimit else None
+    if primary is None and secondary is None and limits is None:
         return None
-    return obs
+    return UsageObservation.model_construct(primary=primary, secondary=secondary, ratelimit=limits, seen_at=now)
 
 
 def _wham_window(raw: Any, now: float) -> UsageWindow | None:
