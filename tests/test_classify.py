@@ -103,8 +103,9 @@ def test_upstream_errors(status):
     assert classify_attempt(status, b"oops", kind=CHATGPT) == C.UPSTREAM_ERROR
 
 
-@pytest.mark.parametrize("status", [400, 404, 409, 413, 422])
+@pytest.mark.parametrize("status", [400, 404, 409, 413, 422, 501, 505])
 def test_other_4xx_invalid_request(status):
+    """…and the two 5xx that judge the request, not the account (a HEAD answered 501 by every upstream)."""
     assert classify_attempt(status, err("invalid_value", "bad"), kind=API_KEY) == C.INVALID_REQUEST
 
 

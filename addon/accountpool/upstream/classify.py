@@ -39,6 +39,9 @@ _QUOTA = re.compile(
     r"insufficient_quota|usage_limit_reached|exceeded your current quota"
     r"|usage limit has been reached|hit your usage limit"
 )
+NOT_THE_ACCOUNTS_FAULT_5XX = frozenset({501, 505})
+"""Not implemented / HTTP version not supported: the request's method or framing, which every account would
+refuse alike (a client's HEAD would otherwise cool the whole pool down, one account after another)."""
 _RATE = re.compile(r"rate[ _-]?limit|too many requests")
 _MODEL = re.compile(r"model_not_found|does not have access to model|do not have access to it")
 _SIGNALS = ((_AUTH, FailureClass.AUTH_EXPIRED), (_QUOTA, FailureClass.QUOTA_EXCEEDED),
@@ -115,6 +118,8 @@ def classify_attempt(status: int | None, body: bytes | str | None, *, kind: Acco
         return FailureClass.MODEL_RESTRICTED
     if status == 403:
         return FailureClass.PERMISSION_DENIED
+    if status in NOT_THE_ACCOUNTS_FAULT_5XX:
+        return FailureClass.INVALID_REQUEST
     if status >= 500 or status == 408:
         return FailureClass.UPSTREAM_ERROR
     return FailureClass.INVALID_REQUEST
