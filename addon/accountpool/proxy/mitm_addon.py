@@ -390,8 +390,9 @@ class AccountPool:
         if flow.request.pretty_host.lower() not in self._upstream_hosts:
             return False
         path = flow.request.path
-        # A traversal that starts inside a pooled prefix is pooled, so that it is refused rather than passed on.
-        return check_path(path).verdict is PathVerdict.POOLED or is_pooled(path.partition("?")[0])
+        # A traversal that starts inside a pooled prefix is pooled, so that it is refused rather than passed on;
+        # the full check (decoding, dot segments) runs only for the rare path that is not plainly pooled.
+        return is_pooled(path.partition("?")[0]) or check_path(path).verdict is PathVerdict.POOLED
 
     async def _admit(self, flow: http.HTTPFlow) -> Admitted:
         assert self.view is not None and self.relay is not None and self.writer is not None
