@@ -140,6 +140,18 @@ def test_fault_mix_soak(pool_env, sim, capsys):
         sent = THREADS * PER_THREAD
         assert len(results) == sent
         rows = pool_env.wait_rows("select id, outcome, status, attempts, stream from requests", sent, timeout=30)
+        refreshes_in_storm = sim.refresh_count("acct-soak-1")
+        # How many of a-login's refreshes succeed during the storm depends on timing: its refresh faults queue up
+        # while it cools down, and on a loaded machine every refresh attempt can meet one (CI once saw 0). What
+        # must hold is that it comes back: once the storm is over, its rejected token is refreshed and it serves.
+        sim.script("acct-soak-1", [{"kind": "expired"}])
+        with proxy.client() as client:
+            def served_by_a_login() -> bool:
+                r = client.post("/v1/responses", json={"model": PLAIN_MODEL, "input": "after the storm"},
+                                headers={"chatgpt-account-id": "acct-soak-1"})
+                return r.status_code == 200 and r.headers.get("x-accountpool-account", "").startswith("a-login ")
+
+            wait_until(served_by_a_login, timeout=60, interval=0.25)
     audit.close()
 
     failed = [r for r in results if not r["ok"]]
@@ -152,7 +164,7 @@ def test_fault_mix_soak(pool_env, sim, capsys):
               f"failed {len(failed)} ({len(interrupted)} stream cut after commit, explicit error event); "
               f"{driver.phases_run} fault phases, faults scripted {dict(driver.applied)}; "
               f"request outcomes {dict(outcomes)}; "
-              f"attempt classes {by_class}; refreshes {sim.refresh_count('acct-soak-1')}+"
+              f"attempt classes {by_class}; refreshes {refreshes_in_storm}+"
               f"{sim.refresh_count('acct-soak-2')}; token uses audited {audit.checked}")
 
     # ≥ 99 % succeed; every failure is a stream cut after commit that ended with an explicit error event.
@@ -164,7 +176,7 @@ def test_fault_mix_soak(pool_env, sim, capsys):
     # The faults really happened and were survived by failover.
     for cls in ("rate_limited", "quota_exceeded", "auth_expired", "auth_failed", "upstream_error"):
         assert by_class.get(cls, 0) > 0, (cls, by_class)
-    assert sim.refresh_count("acct-soak-1") >= 1
+    assert sim.refresh_count("acct-soak-1") > refreshes_in_storm
 
     # Every request has its metrics row, matched by the id the client saw.
     assert len(rows) == sent, (len(rows), sent)
