@@ -56,6 +56,9 @@ OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
      "cooldown after an upstream error (s); dashboard settings override"),
     ("pool_cooldown_model", int, int(_DEFAULTS.cooldown_model_s),
      "per-model cooldown after model_restricted (s); dashboard settings override"),
+    ("pool_listen_backlog", int, 4096,
+     "accept queue of mitmproxy's listening sockets, for bursts of connections (mitmproxy's own: 100; 0 keeps it; "
+     "the kernel caps it at net.core.somaxconn)"),
     ("pool_fault_inject", str, "", "testing only: 'request_hook' makes the request hook raise"),
 )
 
@@ -98,7 +101,7 @@ def validate(opts: Any, updated: set[str]) -> None:
     for name in ("pool_header_timeout", "pool_connect_timeout", "pool_metrics_flush_ms"):
         if name in updated and getattr(opts, name) <= 0:
             raise exceptions.OptionsError(f"{name} must be positive")
-    for name in ("pool_max_wait", "pool_max_waiting"):
+    for name in ("pool_max_wait", "pool_max_waiting", "pool_listen_backlog"):
         if name in updated and not 0 <= getattr(opts, name) <= 100_000:
             raise exceptions.OptionsError(f"{name} must be between 0 (off) and 100000")
     if "pool_usage_sweep" in updated and opts.pool_usage_sweep < 0:

@@ -27,6 +27,7 @@ from mitmproxy.utils.asyncio_utils import create_task
 
 from accountpool.proxy import addon_options
 from accountpool.proxy.client_auth import FailedAuthThrottle, bearer_value, key_fingerprint, proxy_auth_key
+from accountpool.proxy.listen_backlog import deepen_accept_queues
 from accountpool.proxy.relay import TICKET_HEADER, BufferedResponder, Relay, answers_whole
 from accountpool.routing import errors
 from accountpool.routing.admitted import Admitted
@@ -220,12 +221,26 @@ class AccountPool:
         self.relay = Relay(Router(self.view, self.writer, self._router_config(), self.client))
         _spawn(self.relay.start(), "accountpool-relay")
         self._running.set()
+        self._deepen_accept_queues()
+        if (servers := getattr(ctx.master.addons.get("proxyserver"), "servers", None)) is not None:
+            servers.changed.connect(self._deepen_accept_queues)  # a mode added at run time listens anew
         self._publisher = _spawn(self.relay.router.publish_inflight_every(INFLIGHT_CHECK_S), "accountpool-inflight")
         if opts.pool_usage_sweep > 0:
             self.control_client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
             self.sweeper = UsageSweeper(self.view, self.writer, self.control_client, url=opts.pool_usage_url,
                                         interval_s=opts.pool_usage_sweep)
             _spawn(self.sweeper.run(), "accountpool-usage-sweep")
+
+    def _deepen_accept_queues(self) -> None:
+        """mitmproxy listens with a backlog of 100: a burst of agents beyond it is dropped (listen_backlog.py)."""
+        backlog = ctx.options.pool_listen_backlog
+        proxyserver = ctx.master.addons.get("proxyserver")
+        if backlog <= 0 or proxyserver is None:
+            return
+        changed = deepen_accept_queues((addr[1] for addr in proxyserver.listen_addrs()), backlog)
+        if changed:
+            log.debug("accountpool: accept queue of %s raised to %d", ", ".join(f"{h}:{p}" for h, p in changed),
+                      backlog)
 
     @staticmethod
     def _router_config() -> RouterConfig:
