@@ -7,10 +7,14 @@ on its SYN back-off, 1 s at the earliest).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import signal
 import socket
+import subprocess
+import sys
+import textwrap
 import time
 
 from accountpool.proxy.listen_backlog import deepen_accept_queues
@@ -64,6 +68,26 @@ def test_only_the_given_ports_and_only_listening_sockets_change():
         assert changed == [target.getsockname()]
         assert handshakes_completed(other.getsockname()[1], 20) <= 3
     assert deepen_accept_queues([], 64) == [] and deepen_accept_queues([1], 0) == []
+
+
+def test_the_process_keeps_its_file_locks(tmp_path):
+    """Closing a duplicate of a file's descriptor drops the process's POSIX locks on that file (SQLite's locks on
+    pool.db among them): the scan must only ever duplicate sockets."""
+    locked = tmp_path / "locked"
+    with open(locked, "wb") as fh, listening(1) as srv:
+        fcntl.lockf(fh, fcntl.LOCK_EX)
+        assert deepen_accept_queues([srv.getsockname()[1]], 64)
+        probe = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+            import fcntl
+            with open({str(locked)!r}, "wb") as fh:
+                try:
+                    fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    print("held")
+                else:
+                    print("free")
+            """)], capture_output=True, text=True, check=True)
+        assert probe.stdout.strip() == "held"
 
 
 def accepted_while_stopped(proxy: Mitmdump, n: int) -> int:

@@ -8,9 +8,10 @@ on a listening socket only changes its backlog (POSIX), so the addon does that o
 servers are up, for the addresses mitmproxy reports (`proxyserver.listen_addrs()`, public API).
 
 The sockets are found through the process's own descriptor table (`/dev/fd`, Linux and macOS)
-rather than mitmproxy's private server objects: each candidate is duplicated, checked to be a
-listening TCP socket on one of mitmproxy's ports, `listen()`-ed on and the duplicate closed, which
-leaves mitmproxy's own socket object untouched. The kernel caps the backlog at
+rather than mitmproxy's private server objects: each socket descriptor (checked with `fstat` first:
+only sockets are ever duplicated) is duplicated, checked to be a listening TCP socket on one of
+mitmproxy's ports, `listen()`-ed on and the duplicate closed, which leaves mitmproxy's own socket
+object untouched. The kernel caps the backlog at
 `net.core.somaxconn` (4096 on current Linux).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from collections.abc import Iterable
 
 FD_DIR = "/dev/fd"
@@ -38,13 +40,17 @@ def deepen_accept_queues(ports: Iterable[int], backlog: int) -> list[tuple[str, 
     changed = []
     for fd in fds:
         try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                # Never duplicate anything else: closing a duplicate of a file's descriptor drops every
+                # POSIX lock the process holds on that file, SQLite's included (pool.db would lose its locks).
+                continue
             dup = os.dup(fd)
         except OSError:
             continue  # closed since the listing (the listing's own descriptor, for one)
         try:
             sock = socket.socket(fileno=dup)  # detects family and type; owns `dup` from here
         except OSError:
-            os.close(dup)  # not a socket
+            os.close(dup)  # a socket family Python cannot wrap
             continue
         with sock:
             try:
