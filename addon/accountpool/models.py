@@ -35,6 +35,8 @@ class FailureClass(StrEnum):
     POOL_EXHAUSTED = "pool_exhausted"
     CLIENT_GONE = "client_gone"
     """The client disconnected while its request waited for an account: nothing was sent upstream."""
+    PROXY_OVERLOADED = "proxy_overloaded"
+    """This proxy could not open an upstream connection (out of file descriptors or memory): no account tried."""
     BAD_CLIENT_REQUEST = "bad_client_request"
     INTERNAL_ERROR = "internal_error"
 

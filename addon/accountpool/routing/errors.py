@@ -50,6 +50,15 @@ def internal_error(message: str) -> ErrorAnswer:
                         outcome=FailureClass.INTERNAL_ERROR)
 
 
+def proxy_overloaded(cause: str) -> ErrorAnswer:
+    """This proxy could not open an upstream connection (its own limits, not an account's): try again shortly."""
+    return openai_error(503, f"accountpool: this proxy cannot open an upstream connection right now ({cause}); "
+                        "no account was tried. Its open streams hold the process's file descriptors (four each): "
+                        "raise `ulimit -n` for mitmproxy, or spread the clients over more proxies.",
+                        type="server_error", code="proxy_overloaded", outcome=FailureClass.PROXY_OVERLOADED,
+                        headers=(("retry-after", "1"),))
+
+
 @dataclass
 class FailureLog:
     """What went wrong across the attempts of one client request, for the final answer."""

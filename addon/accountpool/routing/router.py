@@ -40,7 +40,7 @@ from accountpool.upstream.classify import classify_attempt, cooldown_until, erro
 from accountpool.upstream.oauth import RefreshError
 from accountpool.upstream.sse_usage import StreamWatcher, TokenUsage, usage_from_json_body
 from accountpool.upstream.token_rotation import access_expiry, rotate_tokens
-from accountpool.upstream.upstream_client import UpstreamClient, UpstreamError, UpstreamResponse
+from accountpool.upstream.upstream_client import LocalLimitError, UpstreamClient, UpstreamError, UpstreamResponse
 from accountpool.upstream.usage_headers import parse_usage_headers
 
 log = logging.getLogger("accountpool.router")
@@ -50,6 +50,8 @@ HOLD_LIMIT = 256 * 1024
 WHOLE_READ_LIMIT = 64 * 1024 * 1024
 USAGE_REFRESH_S = 1.0
 USAGE_SCAN_LIMIT = 8 * 1024 * 1024
+OVERLOAD_LOG_EVERY_S = 10.0
+"""Out of file descriptors comes in bursts: one warning per this many seconds, not one per request."""
 INFLIGHT_AFTER_S = 0.2
 """A request appears in `inflight` (the dashboard's "in flight" list) once it has run this long."""
 TRIAL_WAIT_S = TRIAL_RECHECK_S
@@ -127,6 +129,10 @@ class AttemptFailed(Exception):
         self.cls, self.brief, self.until = cls, brief, until
 
 
+class ProxyOverloaded(Exception):
+    """This process ran out of its own resources before reaching the upstream: no account is tried or blamed."""
+
+
 class Router:
     def __init__(self, view: PoolView, writer: MetricsWriter, config: RouterConfig,
                  client: UpstreamClient, trials: TrialClaims | None = None) -> None:
@@ -138,6 +144,7 @@ class Router:
                                 lambda account_id, owner: writer.submit(TrialRelease(account_id, owner)))
         self.queue = AdmissionQueue()
         self._refresh_locks: dict[str, asyncio.Lock] = {}
+        self._overload_logged_at = -OVERLOAD_LOG_EVERY_S
         self._running: dict[str, Run] = {}
         self._unpublished: deque[Run] = deque()
         """Runs in the order they started, until they end or get their `inflight` row: the periodic check looks
@@ -171,6 +178,7 @@ class Router:
         failures = FailureLog()
         tried: set[str] = set()
         skipped = None
+        overloaded: str | None = None
         try:
             while True:
                 latest: list[SkipReason] = []
@@ -192,6 +200,9 @@ class Router:
                     tried.add(account.id)
                     try:
                         await self._try_account(run, account, responder)
+                    except ProxyOverloaded as exc:
+                        overloaded = str(exc)
+                        break
                     except AttemptFailed as failure:
                         failures.add(account.display, failure.cls, failure.brief, failure.until)
                         run.outcome, run.brief = failure.cls, failure.brief
@@ -199,7 +210,7 @@ class Router:
                     finally:
                         self._end_trial(run, account.id)
                     self._served_by(run, account)
-                if responder.committed or len(run.attempts) >= self.config.max_attempts \
+                if overloaded is not None or responder.committed or len(run.attempts) >= self.config.max_attempts \
                         or not await self._wait_for_account(run, responder, latest):
                     break
                 # Back from the queue: every account is a candidate again, the ones this request already tried
@@ -207,9 +218,12 @@ class Router:
                 tried.clear()
             self._leave_queue(run)
             if not responder.committed:
-                cooling = {s.account_id: self.view.health_of(s.account_id).cooldown_class or ""
-                           for s in skipped or [] if s.reason == "cooldown"}
-                answer = errors.pool_exhausted(failures, skipped or [], now=time.time(), cooldown_classes=cooling)
+                if overloaded is not None:
+                    answer = errors.proxy_overloaded(overloaded)
+                else:
+                    cooling = {s.account_id: self.view.health_of(s.account_id).cooldown_class or ""
+                               for s in skipped or [] if s.reason == "cooldown"}
+                    answer = errors.pool_exhausted(failures, skipped or [], now=time.time(), cooldown_classes=cooling)
                 run.status, run.outcome, run.brief = answer.status, answer.outcome, answer.brief
                 await responder.whole(answer.status, [*answer.headers,
                                                       ("x-accountpool-request-id", admitted.request_id)], answer.body)
@@ -339,6 +353,13 @@ class Router:
             response = await self.client.send(admitted.method, plan.url, headers=plan.headers, body=plan.body,
                                               connect_timeout_s=self.config.connect_timeout_s,
                                               read_timeout_s=self.config.header_timeout_s)
+        except LocalLimitError as exc:
+            if (now := time.monotonic()) - self._overload_logged_at >= OVERLOAD_LOG_EVERY_S:
+                self._overload_logged_at = now
+                log.warning("accountpool: cannot open an upstream connection (%s); answering 503 proxy_overloaded "
+                            "without trying an account. Raise `ulimit -n` for mitmproxy (each open stream holds "
+                            "four file descriptors).", exc)
+            raise ProxyOverloaded(str(exc)) from None
         except UpstreamError as exc:
             raise self._fail(run, account, FailureClass.UPSTREAM_ERROR,
                              f"{exc} before response headers", status=None,

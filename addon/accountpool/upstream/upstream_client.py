@@ -14,6 +14,7 @@ no header the client did not send is added (no default User-Agent, Accept or Con
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import AsyncIterator, Mapping
 
@@ -27,6 +28,17 @@ _NO_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Content-Type"})
 
 class UpstreamError(Exception):
     """The connection failed, timed out or was cut; `str()` names the cause, never a header or URL query."""
+
+
+LOCAL_LIMIT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class LocalLimitError(UpstreamError):
+    """This process could not open a connection for lack of its own resources (file descriptors, memory).
+
+    No account's fault, and every other account would fail the same way: a fleet holding thousands of
+    streams reaches `ulimit -n` (four descriptors per stream), and treating that as an upstream error
+    cooled every account down in turn and answered the next requests 503 (benchmarks/README.md)."""
 
 
 class UpstreamResponse:
@@ -109,6 +121,10 @@ class UpstreamClient:
             response = await self._open().request(
                 method, target, headers=headers, data=body if body or method != "GET" else None,
                 allow_redirects=False, timeout=timeout, read_bufsize=READ_CHUNK)
+        except aiohttp.ClientConnectorError as exc:
+            if exc.os_error.errno in LOCAL_LIMIT_ERRNOS:
+                raise LocalLimitError(os.strerror(exc.os_error.errno)) from None
+            raise UpstreamError(_describe(exc)) from None
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamError(_describe(exc)) from None
         return UpstreamResponse(response)

@@ -1,0 +1,85 @@
+"""Out of file descriptors is the proxy's limit, not an account's (README, Troubleshooting: `proxy_overloaded`).
+
+A fleet of agents holding thousands of streams reaches `ulimit -n`: each open stream holds four
+descriptors in mitmdump. When the relay cannot open its upstream connection for that reason, the
+client gets 503 `proxy_overloaded` with `Retry-After`, no account is tried, cooled down or charged
+with a failed attempt, and the pool serves again as soon as descriptors are free. Before, the EMFILE
+counted as an upstream error against each account in turn, and the next requests got 503
+`pool_unavailable` from a pool whose accounts were all fine.
+
+Real parts: mitmdump with the addon, the simulator, and the process's real limit lowered from
+outside (`prlimit`) to exactly what the open streams hold plus the descriptors one more stream needs
+before its upstream connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+
+import httpx
+from harness import Mitmdump, wait_until
+
+KEY = "sk-test-alpha-aaaaaaaaaaaaaaaaaaaa"
+HOLD = {"x-sim-deltas": "100", "x-sim-delta-delay-ms": "100"}  # a stream the upstream keeps open ~10 s
+BODY = {"model": "gpt-5.5", "input": "hi", "stream": True}
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_out_of_file_descriptors_answers_503_and_blames_no_account(pool_env, sim):
+    pool_env.add_key("a", KEY)
+    with Mitmdump(pool_env) as proxy, contextlib.ExitStack() as held:
+        assert proxy.proc is not None
+        pid = proxy.proc.pid
+        with proxy.client() as client:  # warm up: the relay, the writer's connection, the upstream pool
+            assert client.post("/v1/responses", json={**BODY, "stream": False}).status_code == 200
+
+        def hold_stream() -> None:
+            client = held.enter_context(httpx.Client(base_url=proxy.url, timeout=30,
+                                                     headers={"authorization": f"Bearer {pool_env.client_key}"}))
+            response = held.enter_context(client.stream("POST", "/v1/responses", json=BODY, headers=HOLD))
+            assert response.status_code == 200
+            chunks = response.iter_raw()
+            next(chunks)  # streaming: the upstream connection is open
+            readers.append(chunks)  # a dropped iterator would close the response
+
+        readers: list = []
+
+        hold_stream()  # takes the warm-up's pooled upstream connection, if aiohttp kept one
+        wait_until(lambda: sim.requests(), timeout=5)
+        before = open_fds(pid)
+        hold_stream()
+        hold_stream()
+        per_stream = (open_fds(pid) - before) / 2
+        assert per_stream == 4, per_stream  # client, mitmproxy → relay, relay ← mitmproxy, relay → upstream
+
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (open_fds(pid) + 3, hard))  # all but the upstream one
+        try:
+            with httpx.Client(base_url=proxy.url, timeout=30,
+                              headers={"authorization": f"Bearer {pool_env.client_key}"}) as client:
+                r = client.post("/v1/responses", json=BODY)
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "1"
+        error = r.json()["error"]
+        assert error["code"] == "proxy_overloaded" and "ulimit -n" in error["message"], error
+        request_id = r.headers["x-accountpool-request-id"]
+
+        # The pool serves at once (the held streams still run): nothing was cooled down.
+        with proxy.client() as client:
+            ok = client.post("/v1/responses", json=BODY)
+            assert ok.status_code == 200 and "response.completed" in ok.text
+        row = pool_env.wait_rows("select * from requests where id = ?", 1, params=[request_id])[0]
+        assert (row["status"], row["outcome"], row["attempts"], row["account_id"]) == (503, "proxy_overloaded", 0,
+                                                                                       None)
+        assert pool_env.query("select * from attempts where request_id = ?", [request_id]) == []
+        assert pool_env.query("select * from attempts where class != 'ok'") == []
+        health = pool_env.query("select cooldown_until, last_error from account_health")
+        assert all(h["cooldown_until"] is None and h["last_error"] is None for h in health), health
+        assert "proxy_overloaded" in proxy.log_text() and KEY not in proxy.log_text()
