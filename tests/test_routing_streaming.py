@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
 import time
 
 import openai
@@ -142,3 +145,40 @@ def test_a_non_streamed_answer_cut_midway_fails_over_and_flows_keep_their_destin
         assert (flow.request.host, flow.request.port) == ("127.0.0.1", sim_port), flow.request.url
         assert flow.response.status_code == 200
     assert whole.comment.startswith("accountpool: served by b") and stream.comment.startswith("accountpool: served by")
+
+
+def relay_bytes_received(pid: int, proxy_port: int) -> int:
+    """Bytes the relay's side of the loopback hop has received (kernel counters, `ss -ti`)."""
+    listening = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    ports = {int(line.split()[3].rsplit(":", 1)[1]) for line in listening.splitlines() if f"pid={pid}," in line}
+    (relay_port,) = ports - {proxy_port}
+    out = subprocess.run(["ss", "-Htin", "state", "established", f"( sport = :{relay_port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(int(m) for m in re.findall(r"bytes_received:(\d+)", out))
+
+
+def test_a_streamed_request_body_stays_off_the_relay_hop_and_in_the_flow(pool_env, sim):
+    """The relay forwards the body the addon admitted: the hop carries the request head only (an agent's request
+    is the whole conversation, hundreds of KiB), while the upstream, mitmweb and flow files still see all of it."""
+    pool_env.add_key("a", KEY_A)
+    flows_path = pool_env.dir / "big.mitm"
+    conversation = "x" * (512 * 1024)
+    body = {"model": "gpt-5.5", "input": conversation, "stream": True}
+    with Mitmdump(pool_env, extra_args=["-w", str(flows_path)]) as proxy, proxy.client() as client:
+        assert proxy.proc is not None
+        for _ in range(3):
+            r = client.post("/v1/responses", json=body, headers={"x-trace": "kept"})
+            assert r.status_code == 200 and "response.completed" in r.text
+        hop = relay_bytes_received(proxy.proc.pid, proxy.port)
+    assert hop < 3 * 4096, hop  # heads only; with the body each request put > 512 KiB through the loopback
+    upstream = sim.requests()
+    assert len(upstream) == 3 and all(q["body"] == body for q in upstream)
+    from mitmproxy import io as mitm_io
+
+    with open(flows_path, "rb") as fh:
+        flows = list(mitm_io.FlowReader(fh).stream())
+    assert len(flows) == 3
+    for flow in flows:
+        assert json.loads(flow.request.content) == body
+        assert flow.request.headers["content-length"] == str(len(flow.request.content))
+        assert flow.request.headers["x-trace"] == "kept" and "x-accountpool-ticket" not in flow.request.headers

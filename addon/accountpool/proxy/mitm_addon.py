@@ -46,6 +46,9 @@ log = logging.getLogger("accountpool")
 POOLED = "accountpool.pooled"
 DESTINATION = "accountpool.destination"
 REFUSED = "accountpool.refused"
+HELD_BACK = "accountpool.held_back"
+"""The request's header fields and body while they are kept off the relay hop (see `_hand_to_relay`)."""
+_BODY_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 INFLIGHT_CHECK_S = 0.1
 STARTUP_WAIT_S = 10.0
 """How long a request that arrives before `running` waits for the relay (mitmproxy listens first)."""
@@ -370,8 +373,9 @@ class AccountPool:
 
     @staticmethod
     def _show_as_sent(flow: http.HTTPFlow) -> None:
-        """For mitmweb and flow files: the URL the client used (the relay is an internal detail; the
-        request has left for it already) and, in the comment, the account that served."""
+        """For mitmweb and flow files: the URL, headers and body the client sent (the relay is an internal
+        detail; the request has left for it already) and, in the comment, the account that served."""
+        _restore_request(flow)
         if destination := flow.metadata.get(DESTINATION):
             scheme, flow.request.data.host, flow.request.data.port = destination
             flow.request.data.scheme = scheme.encode()
@@ -382,6 +386,7 @@ class AccountPool:
     def error(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get(POOLED):
             self._client_keys.pop(flow.id, None)
+            _restore_request(flow)
 
     # ------------------------------------------------------------ admission
 
@@ -464,7 +469,15 @@ class AccountPool:
         assert self.relay is not None
         if not self.relay.ready.is_set():
             await asyncio.wait_for(self.relay.ready.wait(), 10)
-        flow.request.headers[TICKET_HEADER] = self.relay.admit(admitted)
+        ticket = self.relay.admit(admitted)
+        # The relay works from the admitted body, so the hop carries the head only: Codex sends the whole
+        # conversation with every turn (hundreds of KiB), which mitmproxy would otherwise copy through the
+        # loopback for the relay to skip. The flow gets its body and headers back with the response headers.
+        req = flow.request
+        flow.metadata[HELD_BACK] = (req.headers.fields, req.data.content)
+        req.data.content = b""
+        req.headers.fields = (*(f for f in req.headers.fields if f[0].lower() not in _BODY_FRAMING),
+                              (b"content-length", b"0"), (TICKET_HEADER.encode(), ticket.encode()))
 
     async def _answer_whole(self, flow: http.HTTPFlow, admitted: Admitted) -> None:
         """Route here and set `flow.response`: mitmproxy never opens a server connection for the flow."""
@@ -528,6 +541,12 @@ class AccountPool:
             "stream": 0, "request_bytes": size, "attempts": 0, "status": answer.status,
             "outcome": answer.outcome.value, "failure_brief": answer.brief[:300],
             "total_ms": round((now - started) * 1000, 2)}))
+
+
+def _restore_request(flow: http.HTTPFlow) -> None:
+    """Put back the headers and body that `_hand_to_relay` kept off the loopback hop."""
+    if held := flow.metadata.pop(HELD_BACK, None):
+        flow.request.headers.fields, flow.request.data.content = held
 
 
 def _drop_body(flow: http.HTTPFlow) -> int:
