@@ -153,16 +153,18 @@ def mitmdump_args(port: int, sim_url: str, confdir: Path) -> list[str]:
             "--set", f"confdir={confdir}", *QUIET]
 
 
-def start_bare(workdir: Path, sim_url: str, *, prefix: list[str] | None = None) -> Proxy:
+def start_bare(workdir: Path, sim_url: str, *, prefix: list[str] | None = None, backlog: bool = False) -> Proxy:
     """Bare mitmdump in reverse mode. `stream_large_bodies=1` makes it stream every response as the
     addon streams pooled flows (without it bare mitmdump buffers SSE whole, which would flatter the
-    addon's time to first byte)."""
+    addon's time to first byte). `backlog`: plus `backlog_only.py`, the addon's deeper accept queue."""
     port = free_port()
-    log = workdir / f"mitmdump-bare-{port}.log"
-    args = [*(prefix or []), *mitmdump_args(port, sim_url, workdir / "conf"), "--set", "stream_large_bodies=1"]
+    name = "bare+backlog" if backlog else "bare"
+    log = workdir / f"mitmdump-{name}-{port}.log"
+    args = [*(prefix or []), *mitmdump_args(port, sim_url, workdir / "conf"), "--set", "stream_large_bodies=1",
+            *(["-s", str(HERE / "backlog_only.py")] if backlog else [])]
     proc = Proc(args, log)
     wait_for_port(port, proc.proc, log=log)
-    return Proxy("bare", proc, port, f"Bearer {BARE_KEY}")
+    return Proxy(name, proc, port, f"Bearer {BARE_KEY}")
 
 
 def start_addon(workdir: Path, sim_url: str, pool: PoolFiles, *, prefix: list[str] | None = None,

@@ -182,3 +182,27 @@ def test_a_streamed_request_body_stays_off_the_relay_hop_and_in_the_flow(pool_en
         assert json.loads(flow.request.content) == body
         assert flow.request.headers["content-length"] == str(len(flow.request.content))
         assert flow.request.headers["x-trace"] == "kept" and "x-accountpool-ticket" not in flow.request.headers
+
+
+def test_a_stream_that_falls_silent_is_cut_after_the_header_timeout(pool_env, sim):
+    """The upstream hangs mid-stream: after `pool_header_timeout` of silence the client gets an explicit error
+    event (the stream has content already, so no failover), while a shorter pause is no problem."""
+    pool_env.add_key("a", KEY_A)
+    body = {"model": "gpt-5.5", "input": "hi", "stream": True}
+    with Mitmdump(pool_env, options={"pool_header_timeout": 1}) as proxy, proxy.client() as client:
+        sim.script(KEY_A, [{"kind": "stall", "after_events": 7, "delay_s": 0.5}])
+        r = client.post("/v1/responses", json=body)
+        assert sse_events(r.text)[-1][0] == "response.completed"  # 0.5 s of silence: within the limit
+
+        sim.script(KEY_A, [{"kind": "stall", "after_events": 7, "delay_s": 6}])
+        started = time.monotonic()
+        with client.stream("POST", "/v1/responses", json=body) as r:
+            assert r.status_code == 200
+            text = r.read().decode()
+        elapsed = time.monotonic() - started
+        events = sse_events(text)
+        assert any(name == "response.output_text.delta" for name, _ in events)
+        assert events[-1][0] == "error", events[-1]
+        assert 1.0 <= elapsed < 3.5, elapsed  # cut ~1 s after the last byte, not when the upstream resumes at 6 s
+        row = pool_env.wait_rows("select * from requests where outcome != 'ok'", 1)[0]
+        assert row["outcome"] == "stream_interrupted" and "TimeoutError" in row["failure_brief"], row

@@ -50,6 +50,8 @@ HOLD_LIMIT = 256 * 1024
 WHOLE_READ_LIMIT = 64 * 1024 * 1024
 USAGE_REFRESH_S = 1.0
 USAGE_SCAN_LIMIT = 8 * 1024 * 1024
+SILENCE_CHECK_MAX_S = 5.0
+"""Streams are checked for silence this often at most (a quarter of `header_timeout_s` when that is shorter)."""
 OVERLOAD_LOG_EVERY_S = 10.0
 """Out of file descriptors comes in bursts: one warning per this many seconds, not one per request."""
 INFLIGHT_AFTER_S = 0.2
@@ -118,6 +120,11 @@ class Run:
     gone_while_queued: bool = False
     trials: dict[str, str] = field(default_factory=dict)
     """account id → owner token of the half-open trial claims this request holds."""
+    streaming_from: UpstreamResponse | None = None
+    """The upstream answer being streamed after commit, watched for silence (see Router.cut_silent_streams)."""
+    chunks_seen: int = 0
+    quiet_mark: int = -1
+    quiet_since: float = 0.0
 
     def ms_since_start(self, t: float | None) -> float | None:
         return round((t - self.admitted.t0) * 1000, 2) if t is not None else None
@@ -151,10 +158,32 @@ class Router:
         at the oldest few instead of every open request (a fleet holds thousands of streams open)."""
 
     async def publish_inflight_every(self, interval_s: float) -> None:
-        """The loop that makes long requests visible in `inflight` (runs for the proxy's lifetime)."""
+        """The loop that makes long requests visible in `inflight` and cuts silent streams (runs for the proxy's
+        lifetime)."""
+        silence_checked = time.monotonic()
         while True:
             await asyncio.sleep(interval_s)
-            self.publish_inflight(time.monotonic())
+            now = time.monotonic()
+            self.publish_inflight(now)
+            if now - silence_checked >= min(SILENCE_CHECK_MAX_S, self.config.header_timeout_s / 4):
+                silence_checked = now
+                self.cut_silent_streams(now)
+
+    def cut_silent_streams(self, now: float) -> None:
+        """Cut streams whose upstream has sent nothing for `header_timeout_s`.
+
+        While it streams, aiohttp's read timer is off (`UpstreamResponse.stop_read_timer`): re-arming it for
+        every token cost more than this pass over the open streams every few seconds. A stream is cut within
+        `header_timeout_s` plus one check interval of its last byte, and ends like any cut stream (an explicit
+        `error` event, outcome `stream_interrupted`)."""
+        limit = self.config.header_timeout_s
+        for run in self._running.values():
+            if run.streaming_from is None:
+                continue
+            if run.chunks_seen != run.quiet_mark:
+                run.quiet_mark, run.quiet_since = run.chunks_seen, now
+            elif now - run.quiet_since >= limit:
+                run.streaming_from.cut()
 
     def publish_inflight(self, now: float) -> None:
         """Requests running for INFLIGHT_AFTER_S or more get their `inflight` row.
@@ -431,8 +460,12 @@ class Router:
                 body_copy += chunk
             await self._forward(run, responder, shaper.feed(chunk))
         try:
+            if not exhausted and responder.streams:
+                response.stop_read_timer()
+                run.streaming_from = response
             if not exhausted:
                 async for chunk in chunks:
+                    run.chunks_seen += 1
                     if watcher is not None:
                         watcher.feed(chunk)
                     elif body_copy is not None and len(body_copy) < USAGE_SCAN_LIMIT:
@@ -454,6 +487,7 @@ class Router:
             self._note_error(account, FailureClass.STREAM_INTERRUPTED, run.brief)
             return
         finally:
+            run.streaming_from = None
             if watcher is not None:
                 run.usage = watcher.usage or shaper.usage
                 if watcher.inband_error and run.outcome is FailureClass.OK:

@@ -17,7 +17,7 @@ from accountpool.simulator.usage import Usage
 
 FAULT_KINDS = frozenset({
     "rate_limit", "quota", "expired", "forbidden", "server_error", "model_not_found", "reset",
-    "slow_first_byte", "cut", "inband_error", "refresh_error", "invalid_request",
+    "slow_first_byte", "cut", "stall", "inband_error", "refresh_error", "invalid_request",
 })  # fmt: skip
 
 

@@ -25,6 +25,9 @@ class Reply:
     reset: bool = False
     cut_after: int | None = None
     """Drop the connection after this many SSE frames (or half a JSON body), no terminator."""
+    stall_after: int | None = None
+    """Fall silent for `stall_s` after this many SSE frames, then go on (a hung upstream mid-stream)."""
+    stall_s: float = 0.0
 
 
 def json_reply(status: int, obj: Any, headers: dict[str, str] | None = None) -> Reply:

@@ -348,6 +348,8 @@ class SimulatedUpstream:
                 reply.first_byte_delay_s = float(fault.get("delay_s", 1.0))
             elif fault and fault["kind"] == "cut":
                 reply.cut_after = int(fault.get("after_events", 3)) if reply.events is not None else 0
+            elif fault and fault["kind"] == "stall" and reply.events is not None:
+                reply.stall_after, reply.stall_s = int(fault.get("after_events", 7)), float(fault.get("delay_s", 5.0))
         for name, value in usage_headers.items():
             reply.headers.setdefault(name, value)
         return reply
@@ -579,11 +581,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             frames = r.events if r.cut_after is None else r.events[: r.cut_after]
             tail = b"" if r.cut_after is not None else b"0\r\n\r\n"
-            if r.delta_delay_s <= 0:  # one syscall for the whole stream
+            if r.delta_delay_s <= 0 and r.stall_after is None:  # one syscall for the whole stream
                 self.wfile.write(b"".join(_chunk(f) for f, _ in frames) + tail)
             else:
-                for frame, is_delta in frames:
-                    if is_delta:
+                for i, (frame, is_delta) in enumerate(frames):
+                    if i == r.stall_after:
+                        time.sleep(r.stall_s)
+                    if is_delta and r.delta_delay_s > 0:
                         time.sleep(r.delta_delay_s)
                     self.wfile.write(_chunk(frame))
                 self.wfile.write(tail)
