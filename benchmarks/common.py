@@ -168,15 +168,18 @@ def start_bare(workdir: Path, sim_url: str, *, prefix: list[str] | None = None, 
 
 
 def start_addon(workdir: Path, sim_url: str, pool: PoolFiles, *, prefix: list[str] | None = None,
-                extra: list[str] | None = None) -> Proxy:
-    """mitmdump -s the addon: client keys on (the default), metrics on (they always are)."""
+                extra: list[str] | None = None, source: Path | None = None, name: str = "addon") -> Proxy:
+    """mitmdump -s the addon: client keys on (the default), metrics on (they always are).
+
+    `source`: another checkout's `addon/` directory (`compare.py`'s "before"), put first on PYTHONPATH."""
     port = free_port()
-    log = workdir / f"mitmdump-addon-{port}.log"
-    args = [*(prefix or []), *mitmdump_args(port, sim_url, workdir / "conf"), "-s", str(ADDON),
+    log = workdir / f"mitmdump-{name}-{port}.log"
+    script = source / "accountpool" / "mitmproxy_script.py" if source else ADDON
+    args = [*(prefix or []), *mitmdump_args(port, sim_url, workdir / "conf"), "-s", str(script),
             "--set", f"pool_db={pool.db}", "--set", f"pool_secrets={pool.secrets}", *(extra or [])]
-    proc = Proc(args, log)
+    proc = Proc(args, log, env={"PYTHONPATH": str(source)} if source else None)
     wait_for_port(port, proc.proc, log=log)
-    return Proxy("addon", proc, port, f"Bearer {pool.client_key}")
+    return Proxy(name, proc, port, f"Bearer {pool.client_key}")
 
 
 def request_body(kind: str) -> bytes:
