@@ -96,7 +96,7 @@ class RouterConfig:
     max_waiting: int = 256
 
 
-@dataclass
+@dataclass(slots=True)
 class Run:
     """Everything measured about one client request, turned into its metrics rows at the end."""
 
@@ -446,7 +446,8 @@ class Router:
             exhausted = await self._read_ahead(run, account, chunks, None, held, whole=True, started=started,
                                                refreshed=refreshed)
         # Commit: from here on this account answers the client.
-        admitted.json_body = None  # no attempt is planned after commit: a long stream need not hold the parsed body
+        # No attempt is planned after commit: a long stream need not hold the parsed body or the header list.
+        admitted.json_body, admitted.headers = None, []
         self._attempt_row(run, account, response.status, FailureClass.OK, started, refreshed)
         self._on_commit(run, account)
         run.account_id, run.status, run.outcome = account.id, response.status, FailureClass.OK
