@@ -262,6 +262,8 @@ class AccountPool:
         shutdown the loop does not stop before the sockets and sessions are closed, and on a reload
         the task runs on while the new addon starts with its own relay."""
         task = None
+        if (servers := getattr(ctx.master.addons.get("proxyserver"), "servers", None)) is not None:
+            servers.changed.disconnect(self._deepen_accept_queues)
         if self._publisher is not None:
             self._publisher.cancel()
             self._publisher = None
