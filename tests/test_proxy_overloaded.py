@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import time
 
 import httpx
 from harness import Mitmdump, wait_until
@@ -28,6 +29,16 @@ BODY = {"model": "gpt-5.5", "input": "hi", "stream": True}
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def settled_fds(pid: int) -> int:
+    """The descriptor count once it has not moved for 0.3 s (a closed connection is let go asynchronously)."""
+    last, since = open_fds(pid), time.monotonic()
+    while time.monotonic() - since < 0.3:
+        time.sleep(0.05)
+        if (now := open_fds(pid)) != last:
+            last, since = now, time.monotonic()
+    return last
 
 
 def test_out_of_file_descriptors_answers_503_and_blames_no_account(pool_env, sim):
@@ -51,14 +62,14 @@ def test_out_of_file_descriptors_answers_503_and_blames_no_account(pool_env, sim
 
         hold_stream()  # takes the warm-up's pooled upstream connection, if aiohttp kept one
         wait_until(lambda: sim.requests(), timeout=5)
-        before = open_fds(pid)
+        before = settled_fds(pid)
         hold_stream()
         hold_stream()
-        per_stream = (open_fds(pid) - before) / 2
+        per_stream = (settled_fds(pid) - before) / 2
         assert per_stream == 4, per_stream  # client, mitmproxy → relay, relay ← mitmproxy, relay → upstream
 
         soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
-        resource.prlimit(pid, resource.RLIMIT_NOFILE, (open_fds(pid) + 3, hard))  # all but the upstream one
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (settled_fds(pid) + 3, hard))  # all but the upstream one
         try:
             with httpx.Client(base_url=proxy.url, timeout=30,
                               headers={"authorization": f"Bearer {pool_env.client_key}"}) as client:

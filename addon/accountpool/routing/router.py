@@ -382,6 +382,9 @@ class Router:
             response = await self.client.send(admitted.method, plan.url, headers=plan.headers, body=plan.body,
                                               connect_timeout_s=self.config.connect_timeout_s,
                                               read_timeout_s=self.config.header_timeout_s)
+            # Sent: a stream that runs for minutes need not hold the outbound headers and, for a login, the
+            # re-serialised body (an agent's whole conversation); a retry plans its attempt afresh.
+            plan.headers, plan.body = [], b""
         except LocalLimitError as exc:
             if (now := time.monotonic()) - self._overload_logged_at >= OVERLOAD_LOG_EVERY_S:
                 self._overload_logged_at = now
