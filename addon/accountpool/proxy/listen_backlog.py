@@ -11,8 +11,7 @@ The sockets are found through the process's own descriptor table (`/dev/fd`, Lin
 rather than mitmproxy's private server objects: each socket descriptor (checked with `fstat` first:
 only sockets are ever duplicated) is duplicated, checked to be a listening TCP socket on one of
 mitmproxy's ports, `listen()`-ed on and the duplicate closed, which leaves mitmproxy's own socket
-object untouched. The kernel caps the backlog at
-`net.core.somaxconn` (4096 on current Linux).
+object untouched. The kernel caps the backlog at `net.core.somaxconn` (4096 on current Linux).
 """
 
 from __future__ import annotations

@@ -225,7 +225,7 @@ class AccountPool:
         _spawn(self.relay.start(), "accountpool-relay")
         self._running.set()
         self._deepen_accept_queues()
-        if (servers := getattr(ctx.master.addons.get("proxyserver"), "servers", None)) is not None:
+        if (servers := _proxy_servers()) is not None:
             servers.changed.connect(self._deepen_accept_queues)  # a mode added at run time listens anew
         self._publisher = _spawn(self.relay.router.publish_inflight_every(INFLIGHT_CHECK_S), "accountpool-inflight")
         if opts.pool_usage_sweep > 0:
@@ -262,7 +262,7 @@ class AccountPool:
         shutdown the loop does not stop before the sockets and sessions are closed, and on a reload
         the task runs on while the new addon starts with its own relay."""
         task = None
-        if (servers := getattr(ctx.master.addons.get("proxyserver"), "servers", None)) is not None:
+        if (servers := _proxy_servers()) is not None:
             servers.changed.disconnect(self._deepen_accept_queues)
         if self._publisher is not None:
             self._publisher.cancel()
@@ -543,6 +543,11 @@ class AccountPool:
             "stream": 0, "request_bytes": size, "attempts": 0, "status": answer.status,
             "outcome": answer.outcome.value, "failure_brief": answer.brief[:300],
             "total_ms": round((now - started) * 1000, 2)}))
+
+
+def _proxy_servers() -> Any:
+    """mitmproxy's running servers (their `changed` signal fires when a mode starts listening), if any."""
+    return getattr(ctx.master.addons.get("proxyserver"), "servers", None)
 
 
 def _restore_request(flow: http.HTTPFlow) -> None:
