@@ -46,26 +46,65 @@ def test_refusal(earliest, wait_left, waiting, queued, waits):
     assert (why is None) is waits, why
 
 
-def test_waiters_are_woken_in_arrival_order_and_leaving_frees_the_place():
-    async def scenario() -> list[int]:
+def test_waiters_take_the_turn_in_arrival_order_and_leaving_frees_the_place():
+    """Each waiter polls with its own short timeout (as the router's does, to notice a client that left);
+    the turn must still go 0, 1, 2, … and never to two waiters at once."""
+    async def scenario() -> tuple[list[int], int]:
         queue = AdmissionQueue()
         order: list[int] = []
+        holding = {"now": 0, "max": 0}
         waiters = [queue.enter() for _ in range(5)]
 
         async def wait(n: int) -> None:
-            assert await waiters[n].wait(5)
+            while not await waiters[n].wait(0.01):   # the timeout fires many times before the turn comes
+                pass
+            holding["now"] += 1
+            holding["max"] = max(holding["max"], holding["now"])
             order.append(n)
+            await asyncio.sleep(0.005)                # re-running the selection takes a while
+            holding["now"] -= 1
+            if n % 2:
+                queue.done_turn(waiters[n])           # found nothing: keeps its place, passes the turn
+            else:
+                waiters[n].leave()                    # has its account: leaves, the next one gets the turn
 
         tasks = [asyncio.create_task(wait(n)) for n in (3, 0, 4, 1, 2)]  # started out of order on purpose
-        await asyncio.sleep(0)
-        queue.wake_at(time.monotonic() + 0.05)  # one timer for all
+        await asyncio.sleep(0.03)
+        assert order == []                            # nothing moves before the pass
+        queue.wake_at(time.monotonic() + 0.05)        # one timer starts the pass
         await asyncio.gather(*tasks)
+        assert len(queue) == 2                        # 1 and 3 wait on
         for w in waiters:
             w.leave()
         assert len(queue) == 0
-        return order
+        return order, holding["max"]
 
-    assert asyncio.run(scenario()) == [0, 1, 2, 3, 4]
+    assert asyncio.run(scenario()) == ([0, 1, 2, 3, 4], 1)
+
+
+def test_a_notify_during_a_pass_runs_another_pass_after_it():
+    async def scenario() -> list[int]:
+        queue = AdmissionQueue()
+        a, b = queue.enter(), queue.enter()
+        seen: list[int] = []
+        queue.notify()
+        assert await a.wait(1)
+        seen.append(0)
+        queue.notify()                                # e.g. a trial ended while `a` re-checks
+        queue.done_turn(a)
+        assert await b.wait(1)
+        seen.append(1)
+        queue.done_turn(b)
+        assert await a.wait(1)                        # the second pass starts at the head again
+        seen.append(0)
+        queue.done_turn(a)
+        assert await b.wait(1)
+        seen.append(1)
+        queue.done_turn(b)
+        assert not await a.wait(0.02)                 # and then nothing until the next notify
+        return seen
+
+    assert asyncio.run(scenario()) == [0, 1, 0, 1]
 
 
 def test_a_waiter_times_out_without_a_wake_up():

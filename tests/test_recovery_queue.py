@@ -159,6 +159,28 @@ def test_half_open_sends_exactly_one_trial_until_it_succeeds(pool_env, sim):
         assert r[0] == 200 and r[1]["x-accountpool-account"].startswith("a")
 
 
+def test_the_half_open_trial_goes_to_the_request_that_waited_longest(pool_env, sim):
+    """Eight clients arrive 0.15 s apart while the only account cools down; when it turns half-open, the
+    trial is the first client's request (before, whichever waiter's timer the loop ran first took it)."""
+    a = pool_env.add_key("a", KEY_A)
+    with Mitmdump(pool_env, options={"pool_max_wait": 20}) as proxy:
+        until = cool_all(pool_env, [a], 2.5)
+        results: dict[int, int] = {}
+        threads = []
+        for n in range(8):
+            t = threading.Thread(target=lambda n=n: results.__setitem__(n, post(proxy, n % 2 == 1, n)[0]))
+            t.start()
+            threads.append(t)
+            time.sleep(0.15)
+        for t in threads:
+            t.join(60)
+        assert results == {n: 200 for n in range(8)}
+        arrived = sorted(sim.requests(), key=lambda q: q["at"])
+        assert arrived[0]["at"] >= until - 0.05
+        assert arrived[0]["body"]["input"] == "client 0", [q["body"]["input"] for q in arrived]
+        assert len(arrived) == 8  # one trial, then everyone once; nobody failed over or retried
+
+
 def test_two_proxies_on_one_pool_send_one_trial_between_them(pool_env, sim):
     a = pool_env.add_key("a", KEY_A)
     pool_env.add_key("b", KEY_B)
@@ -209,7 +231,7 @@ def test_one_server_error_does_not_cool_an_account_but_three_in_a_minute_do(pool
     # The first two 500s cooled nothing (a was tried again); the third opened a cooldown.
     assert [q["credential"] for q in sim.requests()].count(KEY_A) == 3
     [h] = _health(pool_env, a)
-    assert h.cooldown_class == "upstream_error" and h.recovering and h.transient_count == 0
+    assert h.cooldown_class == "upstream_error" and h.recovering and h.transient_times == []
 
 
 def _health(pool_env, account_id: str) -> list:

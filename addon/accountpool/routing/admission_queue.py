@@ -9,9 +9,11 @@ seconds, and is admitted the moment a cooldown ends or a half-open trial succeed
   half-open trial after one of those. A disabled, auth-blocked or wrong-endpoint account is no reason to
   wait, and neither is a cooldown after an auth failure, an upstream error or a missing model: its end is our
   guess, not the upstream's word, and waiting for it would only delay the error the client gets anyway.
-- `AdmissionQueue` holds the waiters in arrival order and wakes them, in that order, on one timer (the
-  earliest time a waiter asked for) or when told (`notify`: a trial ended). A woken waiter re-runs the
-  selection; one that still finds nothing keeps its place and waits again until its own deadline.
+- `AdmissionQueue` holds the waiters in arrival order. On one timer (the earliest time a waiter asked for)
+  or when told (`notify`: a trial ended) it hands them the *turn*, one at a time in that order: only the
+  waiter holding it re-runs the selection, and passes it on when it has an account (`leave`) or has found
+  none and waits again (`done_turn`). Waking them all at once let whichever task the loop resumed first
+  take a half-open trial, so a later arrival often beat an earlier one.
 - The bound (`pool_max_waiting`) keeps memory and wake-up work flat when the pool is down for good; beyond
   it the client gets the error at once.
 """
@@ -69,35 +71,38 @@ def refusal(earliest: float | None, *, now: float, wait_left_s: float, waiting: 
 class Waiter:
     """One request's place in the queue."""
 
+    __slots__ = ("_turn", "entered", "queue")
+
     def __init__(self, queue: AdmissionQueue) -> None:
         self.queue = queue
         self.entered = time.monotonic()
-        self._woken = asyncio.Event()
+        self._turn = asyncio.Event()
 
     async def wait(self, timeout: float) -> bool:
-        """Sleep until woken (True) or `timeout` seconds passed (False)."""
-        if not self._woken.is_set():
+        """Sleep until given the turn (True) or `timeout` seconds passed (False)."""
+        if not self._turn.is_set():
             try:
-                await asyncio.wait_for(self._woken.wait(), max(0.0, timeout))
+                await asyncio.wait_for(self._turn.wait(), max(0.0, timeout))
             except TimeoutError:
                 return False
-        self._woken.clear()
+        self._turn.clear()
         return True
-
-    def wake(self) -> None:
-        self._woken.set()
 
     def leave(self) -> None:
         self.queue.leave(self)
 
 
 class AdmissionQueue:
-    """Waiting requests in arrival order (per process); woken in that order."""
+    """Waiting requests in arrival order (per process); they re-check the pool one at a time, in that order."""
 
     def __init__(self) -> None:
         self._waiters: deque[Waiter] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
+        self._turn: Waiter | None = None
+        """The waiter re-running its selection now; None between passes."""
+        self._again = False
+        """Something happened during a pass: run another one from the head when it ends."""
 
     def __len__(self) -> int:
         return len(self._waiters)
@@ -108,16 +113,25 @@ class AdmissionQueue:
         return waiter
 
     def leave(self, waiter: Waiter) -> None:
+        """The waiter has its account, gave up or lost its client; a turn it held goes to the next in line."""
         try:
-            self._waiters.remove(waiter)
+            index = self._waiters.index(waiter)
         except ValueError:
-            pass
+            return
+        del self._waiters[index]
+        if self._turn is waiter:
+            self._give_turn(index)
         if not self._waiters and self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_at = None, float("inf")
 
+    def done_turn(self, waiter: Waiter) -> None:
+        """The waiter found nothing and keeps its place: the next in line re-checks."""
+        if self._turn is waiter:
+            self._give_turn(self._waiters.index(waiter) + 1)
+
     def wake_at(self, monotonic_at: float) -> None:
-        """Wake every waiter at `monotonic_at` (one timer: the earliest asked for wins)."""
+        """Start a pass at `monotonic_at` (one timer: the earliest asked for wins)."""
         if monotonic_at >= self._timer_at:
             return
         if self._timer is not None:
@@ -132,6 +146,18 @@ class AdmissionQueue:
         self.notify()
 
     def notify(self) -> None:
-        """Something may have become available: every waiter re-checks, the earliest arrival first."""
-        for waiter in self._waiters:
-            waiter.wake()
+        """Something may have become available: a pass over the waiters, the earliest arrival first."""
+        if self._turn is not None:
+            self._again = True
+        else:
+            self._give_turn(0)
+
+    def _give_turn(self, index: int) -> None:
+        if index < len(self._waiters):
+            self._turn = self._waiters[index]
+            self._turn._turn.set()
+            return
+        self._turn = None
+        if self._again and self._waiters:
+            self._again = False
+            self._give_turn(0)

@@ -304,7 +304,12 @@ class Router:
         self._end_trial(run, account.id)
 
     async def _wait_for_account(self, run: Run, responder: ClientAnswer, skipped: list[SkipReason]) -> bool:
-        """Wait in the queue until an account may be back (True: choose again), or say no at once (False)."""
+        """Wait in the queue until an account may be back (True: choose again), or say no at once (False).
+
+        True means this request holds the queue's turn (`AdmissionQueue`): it re-runs the selection before any
+        later arrival, and passes the turn on by leaving the queue (it has an account) or by coming back here."""
+        if run.waiter is not None:
+            self.queue.done_turn(run.waiter)
         now, mono = time.time(), time.monotonic()
         classes = {s.account_id: self.view.health_of(s.account_id).cooldown_class or ""
                    for s in skipped if s.reason == "cooldown"}
@@ -326,14 +331,17 @@ class Router:
         target = mono + (earliest - now)
         self.queue.wake_at(target)
         while True:
-            mono = time.monotonic()
-            woken = await run.waiter.wait(min(POLL_S, max(0.0, target - mono)))
+            turn = await run.waiter.wait(POLL_S)
             if responder.disconnected():
                 run.gone_while_queued = True
                 return False
-            if woken or time.monotonic() >= target:
+            if turn:
                 self.view.refresh()
                 return True
+            if time.monotonic() > target + POLL_S:
+                # The pass this waiter's time asked for did not come (its timer gave way to an earlier one that
+                # found the pool unchanged): ask for one now. The turn still goes in arrival order.
+                self.queue.notify()
 
     def _leave_queue(self, run: Run) -> None:
         if run.waiter is not None:
