@@ -56,17 +56,41 @@ def test_failures_while_already_cooling_do_not_escalate():
     assert verdict.cooldown_until == NOW + 60 and verdict.changes == {}
 
 
-@pytest.mark.parametrize(("before", "cools", "count"), [
-    ({}, False, 1),  # one isolated 500: no cooldown
-    ({"transient_count": 1, "transient_since": NOW - 10}, False, 2),
-    ({"transient_count": 2, "transient_since": NOW - 10}, True, 0),  # the third within 60 s cools it
-    ({"transient_count": 2, "transient_since": NOW - 61}, False, 1),  # the window passed: counting starts over
+@pytest.mark.parametrize(("before", "cools", "kept"), [
+    ([], False, [NOW]),                                   # one isolated 500: no cooldown
+    ([NOW - 10], False, [NOW - 10, NOW]),
+    ([NOW - 20, NOW - 10], True, []),                     # the third within 60 s cools it
+    ([NOW - 61, NOW - 10], False, [NOW - 10, NOW]),       # the oldest left the window
+    ([NOW - 60, NOW - 10], True, []),                     # exactly 60 s ago is still inside
+    # The window slides: errors at 0, 55, 62 and 64 s. At 62 s the first has left, 55 and 62 remain; the
+    # error at 64 s is the third within 9 s and cools the account (a fixed window from 0 s never did).
+    ([NOW - 64, NOW - 9], False, [NOW - 9, NOW]),         # the error at 62 s (NOW = 62 + 2 s)
+    ([NOW - 9, NOW - 2], True, []),                       # the error at 64 s
+    ([NOW - 50, NOW - 40, NOW - 30, NOW - 20], True, []),  # more stored than the threshold (a lower setting)
 ])
-def test_server_errors_cool_down_only_past_the_windowed_threshold(before, cools, count):
-    verdict = judge_failure(health(**before), UP, NOW + 30, settings=S, now=NOW)
+def test_server_errors_cool_down_only_past_the_sliding_threshold(before, cools, kept):
+    verdict = judge_failure(health(transient_times=before), UP, NOW + 30, settings=S, now=NOW)
     assert (verdict.cooldown_until is not None) is cools
-    assert verdict.changes["transient_count"] == count
+    assert verdict.changes["transient_times"] == kept
     assert verdict.changes.get("recovering", False) is cools
+
+
+def test_the_window_slides_over_a_sequence():
+    """Errors at 0, 55, 62, 64 s, each judged on what the previous ones left (as the router does)."""
+    h = health()
+    cooled_at = None
+    for t in (0, 55, 62, 64):
+        verdict = judge_failure(h, UP, NOW + t + 30, settings=S, now=NOW + t)
+        h = h.model_copy(update=verdict.changes)
+        if verdict.cooldown_until is not None:
+            cooled_at = t
+            break
+    assert cooled_at == 64
+
+
+def test_transient_times_are_stored_as_json_and_read_back():
+    h = health(transient_times=f"[{NOW - 5}, {NOW}]")
+    assert h.transient_times == [NOW - 5, NOW] and h.transient_count == 2
 
 
 def test_rate_limits_have_no_threshold():

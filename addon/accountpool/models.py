@@ -6,10 +6,11 @@ validation rules live here, so the addon, the CLI and the dashboard cannot drift
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class AccountKind(StrEnum):
@@ -116,20 +117,30 @@ class AccountHealth(BaseModel):
     usage_seen_at: float | None = None
     ratelimit: RateLimitObservation = Field(default_factory=RateLimitObservation)
     ratelimit_seen_at: float | None = None
-    # Recovery (issue 13, `recovery.py`): newest observation wins, by `recovery_at`.
+    # Recovery (issue 13, `routing/recovery.py`): newest observation wins, by `recovery_at`.
     recovering: bool = False
     """Set when a cooldown opens; once it ends the account is half-open until one trial succeeds."""
     failure_streak: int = 0
     """Consecutive failures of `streak_class` (each one lengthens the next cooldown); a success resets it."""
     streak_class: str | None = None
-    transient_count: int = 0
-    """`upstream_error`s in the window starting at `transient_since` (below the threshold: no cooldown)."""
-    transient_since: float | None = None
+    transient_times: list[float] = Field(default_factory=list)
+    """When the recent `upstream_error`s happened (those within `transient_window_s`, fewer than the threshold:
+    no cooldown yet). A sliding window: three errors within any 60 s count, wherever the first one fell."""
     recovery_at: float | None = None
     trial_until: float | None = None
     """Lease of the half-open trial, read from `pool.db`; written only by `trial_claims` (never by the writer's
     health upsert, which would overwrite another process's claim)."""
 
+
+    @field_validator("transient_times", mode="before")
+    @classmethod
+    def _stored_as_json(cls, value: object) -> object:
+        """`pool.db` keeps the list as JSON text (sqlite-utils writes lists that way)."""
+        return json.loads(value) if isinstance(value, str) else value
+
+    @property
+    def transient_count(self) -> int:
+        return len(self.transient_times)
 
 def merge_health(mine: AccountHealth | None, theirs: AccountHealth) -> AccountHealth:
     """Combine two observers' views of one account: later observations win, cooldowns take the later end.
@@ -161,8 +172,7 @@ def merge_health(mine: AccountHealth | None, theirs: AccountHealth) -> AccountHe
     return AccountHealth.model_validate(data)
 
 
-RECOVERY_FIELDS = ("recovering", "failure_streak", "streak_class", "transient_count", "transient_since",
-                   "recovery_at")
+RECOVERY_FIELDS = ("recovering", "failure_streak", "streak_class", "transient_times", "recovery_at")
 
 
 class ModelOverride(BaseModel):

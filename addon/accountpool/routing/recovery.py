@@ -8,10 +8,11 @@ across processes lives in `accountpool.storage.trial_claims`.
 The state machine (also in the README, "When every account is busy"):
 
 - **healthy** → a failure of a cooling class opens a cooldown (`recovering` set). `upstream_error`
-  (5xx, 408, connection failures) opens one only at the `transient_threshold`-th failure within
-  `transient_window_s`: one isolated 500 or reset is noise, and cooling a whole account for it
-  would take capacity away for 30 s to save one failover. Rate limits do not get a threshold: a 429
-  is the upstream telling us to back off (with a time, usually), and ignoring it earns more 429s.
+  (5xx, 408, connection failures) opens one only at the `transient_threshold`-th failure within any
+  `transient_window_s` (a sliding window over the recent error times): one isolated 500 or reset is
+  noise, and cooling a whole account for it would take capacity away for 30 s to save one failover.
+  Rate limits do not get a threshold: a 429 is the upstream telling us to back off (with a time,
+  usually), and ignoring it earns more 429s.
 - **cooling** until `cooldown_until`; failures that arrive meanwhile (requests that were already on
   their way) record the error but do not escalate: they say nothing new about the account.
 - **half-open** once the cooldown ended while `recovering` is set: exactly one request (the trial)
@@ -85,6 +86,16 @@ def escalated_duration(base_s: float, streak: int, settings: PoolSettings) -> fl
     return max(base_s, min(grown, settings.cooldown_max_s))
 
 
+def recent_transients(times: list[float], now: float, settings: PoolSettings) -> list[float]:
+    """The error times inside the sliding window that ends now, this error (at `now`) included.
+
+    Only the newest `transient_threshold` are kept: older ones cannot change the verdict, and the list is
+    stored in `pool.db` with the account's health."""
+    recent = [t for t in times if now - t <= settings.transient_window_s]
+    recent.append(now)
+    return recent[-settings.transient_threshold:]
+
+
 def judge_failure(health: AccountHealth, cls: FailureClass, base_until: float | None, *,
                   settings: PoolSettings, now: float) -> FailureVerdict:
     """The cooldown a failed attempt earns, given what the account went through before.
@@ -99,15 +110,12 @@ def judge_failure(health: AccountHealth, cls: FailureClass, base_until: float | 
         return FailureVerdict(base_until)
     changes: dict[str, Any] = {"recovery_at": now}
     if cls in THRESHOLDED and not health.recovering:
-        since, count = health.transient_since, health.transient_count
-        if since is None or now - since > settings.transient_window_s:
-            since, count = now, 0
-        count += 1
-        if count < settings.transient_threshold:
-            changes.update(transient_since=since, transient_count=count)
+        recent = recent_transients(health.transient_times, now, settings)
+        if len(recent) < settings.transient_threshold:
+            changes.update(transient_times=recent)
             return FailureVerdict(None, changes)
     # A cooldown opens (or re-opens, for a failed trial): the transient window starts over.
-    changes.update(transient_since=None, transient_count=0, recovering=True)
+    changes.update(transient_times=[], recovering=True)
     streak = health.failure_streak if health.streak_class == cls.value else 0
     changes.update(failure_streak=streak + 1, streak_class=cls.value)
     if cls not in ESCALATING:

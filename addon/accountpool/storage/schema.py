@@ -356,7 +356,7 @@ def m003_recovery_and_queue_wait(db: sqlite_utils.Database) -> None:
     """Half-open recovery state in `account_health` and each request's queue wait (issue 13).
 
     - `account_health`: `recovering`, `failure_streak`, `streak_class`, `transient_count`, `transient_since`,
-      `recovery_at` (see `recovery.py`), and the half-open trial's lease `trial_until` / `trial_owner`, which
+      `recovery_at` (see `routing/recovery.py`), and the half-open trial's lease `trial_until` / `trial_owner`, which
       only `trial_claims` writes (a conditional UPDATE: one trial across every process sharing the pool).
     - `requests.queue_wait_ms`: how long the request waited for an account (NULL: it never waited). The
       per-minute rollup does not carry it: its triggers belong to m002, and the few queued rows are read
@@ -377,7 +377,7 @@ def m003_recovery_and_queue_wait(db: sqlite_utils.Database) -> None:
 
 @MIGRATIONS()
 def m004_usage_samples(db: sqlite_utils.Database) -> None:
-    """History of the usage windows, so burn rates and exhaustion times can be forecast (`forecast.py`).
+    """History of the usage windows, so burn rates and exhaustion times can be forecast (`accountpool/forecast.py`).
 
     One row per account, window and observation time: `window` is `primary` / `secondary` (Codex 5-hour and
     weekly) or `requests` / `tokens` (`x-ratelimit-*`, used % = 100 × (limit − remaining) ÷ limit). The
@@ -390,3 +390,20 @@ def m004_usage_samples(db: sqlite_utils.Database) -> None:
         pk=("account_id", "window", "at"),
     )
     db["usage_samples"].create_index(["at"])
+
+
+# ---------------------------------------------------------------- m005: a sliding window for transient errors
+
+
+@MIGRATIONS()
+def m005_transient_times(db: sqlite_utils.Database) -> None:
+    """`account_health.transient_times` (JSON list of the recent `upstream_error` times) replaces m003's
+    `transient_count` / `transient_since`: a count since the first error is a fixed window that restarts when
+    it runs out, so errors at 0, 55, 62 and 64 s (three within 9 s) never reached a threshold of 3 in 60 s.
+    The two old columns go (kept unused where SQLite is older than 3.35, which cannot drop a column); what they
+    held is at most a window's worth of noise, so nothing is carried over. `ALTER TABLE`, not sqlite-utils'
+    `transform`: that one commits on its own, and migrations run inside the opener's transaction."""
+    db["account_health"].add_column("transient_times", str)
+    if sqlite3.sqlite_version_info >= (3, 35):
+        for column in ("transient_count", "transient_since"):
+            db.execute(f"ALTER TABLE account_health DROP COLUMN {column}")
