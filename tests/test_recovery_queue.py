@@ -5,6 +5,7 @@ Real mitmdump processes and the simulator; counts are taken at the simulator (wh
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -109,19 +110,30 @@ def test_a_waiting_request_further_than_the_limit_fails_at_once(pool_env, sim):
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_a_client_that_leaves_while_queued_consumes_nothing(pool_env, sim, stream):
+@pytest.mark.parametrize("mode", ["reverse", "regular"])
+def test_a_client_that_leaves_while_queued_consumes_nothing(pool_env, sim, stream, mode):
     a = pool_env.add_key("a", KEY_A)
-    with Mitmdump(pool_env, options={"pool_max_wait": 20, "pool_max_waiting": 1}) as proxy:
+    options = {"pool_max_wait": 20, "pool_max_waiting": 1}
+    if mode == "regular":
+        options["pool_upstream_hosts"] = "api.openai.com"
+    with Mitmdump(pool_env, mode=None if mode == "reverse" else "regular", options=options) as proxy:
+        def mode_client(timeout: float) -> httpx.Client:
+            if mode == "reverse":
+                return client(proxy, timeout)
+            ca = ssl.create_default_context(cafile=str(proxy.confdir / "mitmproxy-ca-cert.pem"))
+            return httpx.Client(base_url="https://api.openai.com", proxy=proxy.url, verify=ca, trust_env=False,
+                                timeout=timeout, headers={"authorization": f"Bearer {pool_env.client_key}"})
+
         until = cool_all(pool_env, [a], 4)
-        with pytest.raises(httpx.ReadTimeout), client(proxy, 1) as c:
+        with pytest.raises(httpx.ReadTimeout), mode_client(1) as c:
             c.post("/v1/responses", json={**BODY, "stream": stream})
         # The disconnected request leaves the queue and is recorded without an attempt …
         rows = pool_env.wait_rows("select * from requests where outcome = 'client_gone'", 1)
         assert rows and rows[0]["attempts"] == 0 and rows[0]["queue_wait_ms"] > 0
         assert time.time() < until  # … before the cooldown ended: it left because the client went away
         # … so its place is free: the next request waits (a full queue would refuse it) and is served.
-        status, _, _ = post(proxy, stream, 2)
-        assert status == 200
+        with mode_client(60) as c:
+            assert c.post("/v1/responses", json={**BODY, "stream": stream}).status_code == 200
         assert len(sim.requests()) == 1
 
 
@@ -193,6 +205,25 @@ def test_two_proxies_on_one_pool_send_one_trial_between_them(pool_env, sim):
         rows = pool_env.wait_rows("select * from account_health where account_id = ? and recovering = 0 "
                                   "and trial_until is null", 1, [a])
         assert rows[0]["failure_streak"] == 0
+
+
+def test_two_proxies_one_failed_trial_cools_the_account_again_for_both(pool_env, sim):
+    """The trial meets another 429: the account cools down again, longer (streak 2), and neither proxy sends
+    it a second trial while the new cooldown runs."""
+    a = pool_env.add_key("a", KEY_A)
+    pool_env.add_key("b", KEY_B)
+    with Mitmdump(pool_env) as one, Mitmdump(pool_env) as two:
+        seed_half_open(pool_env, a)
+        sim.script(KEY_A, [{"kind": "rate_limit", "retry_after": 5, "count": 1}])
+        started = time.time()
+        assert fire([one, two], 20) == [200] * 20  # the failed trial fails over to b
+        assert fire([two, one], 20) == [200] * 20  # a second wave, after the first one's health was shared
+        assert time.time() - started < 5, "the waves outlasted the new cooldown; the count below would mean nothing"
+        assert [q["credential"] for q in sim.requests()].count(KEY_A) == 1
+        rows = pool_env.wait_rows("select * from account_health where account_id = ? and failure_streak = 2", 1, [a])
+        h = rows[0]
+        assert h["recovering"] == 1 and h["streak_class"] == "rate_limited"
+        assert h["cooldown_until"] >= started + 5  # at least the upstream's Retry-After (escalation may add)
 
 
 def test_repeated_rate_limits_escalate_and_a_success_resets(pool_env, sim):
