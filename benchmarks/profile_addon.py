@@ -6,9 +6,9 @@
 Samples the mitmdump process (all its threads, idle ones excluded) while `loadgen.py` drives it,
 writes the collapsed stacks and a flame graph to `benchmarks/out/`, and prints two views:
 *self* time by leaf module (where the CPU actually is) and *inclusive* time of the parts the
-issue names: mitmproxy itself, the relay hop (aiohttp's low-level web server + the loopback
-socket), the aiohttp client to the upstream, the router and selection, the metrics writer, pool
-view refresh, SSE parsing.
+issue names: mitmproxy itself, the relay hop (the bare asyncio Protocol of proxy/relay_server.py +
+the loopback socket), the aiohttp client to the upstream, the router and selection, the metrics
+writer, pool view refresh, SSE parsing.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ INCLUSIVE = [
     ("  SSE watcher (sse_usage)", ("(accountpool/upstream/sse_usage.py",)),
     ("  upstream client (aiohttp, accountpool/upstream/upstream_client.py)",
      ("(accountpool/upstream/upstream_client.py", "(aiohttp/client")),
-    ("relay_server (aiohttp web server, loopback hop)", ("(accountpool/proxy/relay_server.py", "(aiohttp/web_")),
+    ("relay_server (bare asyncio Protocol, loopback hop)", ("(accountpool/proxy/relay_server.py",)),
     ("aiohttp (anywhere)", ("(aiohttp/",)),
     ("metrics writer thread", ("(accountpool/storage/metrics_writer.py",)),
     ("pydantic (anywhere)", ("(pydantic/", "(pydantic_core/")),

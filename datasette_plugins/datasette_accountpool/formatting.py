@@ -1,4 +1,9 @@
-"""Jinja filters for the dashboard's numbers and times (registered as `ap_*`)."""
+"""Jinja filters for the dashboard's numbers and times (registered as `ap_*`).
+
+Templates and charts show the same numbers in many places; one spelling of each (a count, a percentage, a
+latency, "ago", a UTC time, a duration from `accountpool.human_time`) keeps them consistent with each other and
+with the CLI, and keeps formatting logic out of the templates, where it could not be tested.
+"""
 
 from __future__ import annotations
 

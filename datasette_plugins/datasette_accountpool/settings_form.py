@@ -1,6 +1,6 @@
 """The settings form: PoolSettings ⇄ HTML form fields, with pydantic's errors placed beside their field.
 
-Validation is PoolSettings' own (models.py owns the rules); this module only translates. Nothing
+Validation is PoolSettings' own (accountpool/models.py owns the rules); this module only translates. Nothing
 is stored unless the whole form validates, and a refused form echoes the user's input unchanged.
 """
 

@@ -1,4 +1,9 @@
-"""Loopback ports for the processes the demo, the tests and the benchmarks start."""
+"""Loopback ports for the processes the demo, the tests and the benchmarks start.
+
+All three start the simulator, mitmdump and Datasette as child processes: each needs a port no other run
+holds (runs go in parallel) and must not send traffic before the child listens. One copy for the three, in
+the package because the demo needs it and the package cannot import `tests/` or `benchmarks/`.
+"""
 
 from __future__ import annotations
 

@@ -235,7 +235,7 @@ class AccountPool:
             _spawn(self.sweeper.run(), "accountpool-usage-sweep")
 
     def _deepen_accept_queues(self) -> None:
-        """mitmproxy listens with a backlog of 100: a burst of agents beyond it is dropped (listen_backlog.py)."""
+        """mitmproxy listens with a backlog of 100: a burst of agents beyond it is dropped (proxy/listen_backlog.py)."""
         backlog = ctx.options.pool_listen_backlog
         proxyserver = ctx.master.addons.get("proxyserver")
         if backlog <= 0 or proxyserver is None:
@@ -505,7 +505,7 @@ class AccountPool:
             return None, None
         match = match_client_key(key, self.view.client_keys) if key else None
         if match is not None:
-            return match  # a valid key is never throttled (client_auth.py says why)
+            return match  # a valid key is never throttled (proxy/client_auth.py says why)
         source = flow.client_conn.peername[0] if flow.client_conn.peername else "?"
         fingerprint = key_fingerprint(key) if key else None
         if throttled := self.throttle.check(fingerprint, source, now):
