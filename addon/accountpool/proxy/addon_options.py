@@ -45,7 +45,8 @@ OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
     ("pool_refresh_margin", int, 300, "refresh a login this many seconds before its access token expires"),
     ("pool_metrics_flush_ms", int, 250, "metrics flush interval (ms)"),
     ("pool_max_wait", int, 20,
-     "seconds a request may wait for an account that is back at a known time, instead of a 429 (0: never wait)"),
+     "seconds a request may wait for an account that is back at a known time (instead of a 429) or for the "
+     "proxy's own file descriptors (instead of a 503); 0: never wait"),
     ("pool_max_waiting", int, 256, "requests that may wait at once; beyond it the pool error comes at once"),
     ("pool_cooldown_rate_limited", int, int(_DEFAULTS.cooldown_rate_limited_s),
      "default cooldown after a rate limit without Retry-After (s); dashboard settings override"),

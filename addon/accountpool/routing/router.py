@@ -53,6 +53,8 @@ USAGE_SCAN_LIMIT = 8 * 1024 * 1024
 SILENCE_CHECK_MAX_S = 5.0
 """Streams are checked for silence this often at most (a quarter of `header_timeout_s` when that is shorter)."""
 OVERLOAD_LOG_EVERY_S = 10.0
+CAPACITY_RECHECK_S = 1.0
+"""A request waiting for file descriptors tries again at least this often."""
 """Out of file descriptors comes in bursts: one warning per this many seconds, not one per request."""
 INFLIGHT_AFTER_S = 0.2
 """A request appears in `inflight` (the dashboard's "in flight" list) once it has run this long."""
@@ -152,6 +154,7 @@ class Router:
         self.queue = AdmissionQueue()
         self._refresh_locks: dict[str, asyncio.Lock] = {}
         self._overload_logged_at = -OVERLOAD_LOG_EVERY_S
+        self._capacity_waiters = 0
         self._running: dict[str, Run] = {}
         self._unpublished: deque[Run] = deque()
         """Runs in the order they started, until they end or get their `inflight` row: the periodic check looks
@@ -231,6 +234,7 @@ class Router:
                         await self._try_account(run, account, responder)
                     except ProxyOverloaded as exc:
                         overloaded = str(exc)
+                        tried.discard(account.id)  # nothing was sent: not a try of this account
                         break
                     except AttemptFailed as failure:
                         failures.add(account.display, failure.cls, failure.brief, failure.until)
@@ -239,8 +243,14 @@ class Router:
                     finally:
                         self._end_trial(run, account.id)
                     self._served_by(run, account)
-                if overloaded is not None or responder.committed or len(run.attempts) >= self.config.max_attempts \
-                        or not await self._wait_for_account(run, responder, latest):
+                if responder.committed or len(run.attempts) >= self.config.max_attempts:
+                    break
+                if overloaded is not None:
+                    if not await self._wait_for_capacity(run, responder):
+                        break
+                    overloaded = None
+                    continue
+                if not await self._wait_for_account(run, responder, latest):
                     break
                 # Back from the queue: every account is a candidate again, the ones this request already tried
                 # included (their cooldown has ended and nothing was sent to the client; README).
@@ -270,6 +280,8 @@ class Router:
             for account_id in list(run.trials):
                 self._end_trial(run, account_id)
             self._record(run)
+            if self._capacity_waiters:
+                self.queue.notify()  # this request's connections are closing: a waiter for descriptors may go
 
     # ------------------------------------------------------------ half-open trials and the queue
 
@@ -323,25 +335,61 @@ class Router:
             if waited_before:
                 log.info("request %s stops waiting: %s", run.admitted.request_id, why)
             return False
-        if run.waiter is None:
-            run.waiter = self.queue.enter()
-            if not waited_before:
-                run.wait_deadline = mono + self.config.max_wait_s
-            self._phase(run, "queued", None)
+        self._enter_queue(run, mono)
         target = mono + (earliest - now)
         self.queue.wake_at(target)
+        return await self._take_turn(run, responder, target, give_up_at=None)
+
+    async def _wait_for_capacity(self, run: Run, responder: ClientAnswer) -> bool:
+        """Out of file descriptors (`ProxyOverloaded`): wait in the same queue, on the same budget, for a request
+        to end and free its connections, then try again (True); False: the client gets 503 `proxy_overloaded`.
+
+        A fleet at `ulimit -n` frees four descriptors whenever one of its streams ends, so a short wait serves a
+        request the limit would have refused; every ending request gives the next waiter its turn, and a waiter
+        also retries every `CAPACITY_RECHECK_S` (descriptors may close without a request ending)."""
+        if run.waiter is not None:
+            self.queue.done_turn(run.waiter)
+        mono = time.monotonic()
+        waited_before = run.wait_deadline > 0
+        wait_left = run.wait_deadline - mono if waited_before else self.config.max_wait_s
+        if wait_left <= 0 or (run.waiter is None and len(self.queue) >= self.config.max_waiting):
+            return False
+        self._enter_queue(run, mono)
+        self._capacity_waiters += 1
+        try:
+            return await self._take_turn(run, responder, min(mono + CAPACITY_RECHECK_S, run.wait_deadline),
+                                         give_up_at=run.wait_deadline)
+        finally:
+            self._capacity_waiters -= 1
+
+    def _enter_queue(self, run: Run, mono: float) -> None:
+        if run.waiter is None:
+            run.waiter = self.queue.enter()
+            if run.wait_deadline <= 0:
+                run.wait_deadline = mono + self.config.max_wait_s
+            self._phase(run, "queued", None)
+
+    async def _take_turn(self, run: Run, responder: ClientAnswer, target: float, *,
+                         give_up_at: float | None) -> bool:
+        """Wait for this request's turn (True), its client leaving or `give_up_at` (False)."""
+        waiter = run.waiter
+        assert waiter is not None
         while True:
-            turn = await run.waiter.wait(POLL_S)
+            turn = await waiter.wait(POLL_S)
             if responder.disconnected():
                 run.gone_while_queued = True
                 return False
             if turn:
                 self.view.refresh()
                 return True
-            if time.monotonic() > target + POLL_S:
+            mono = time.monotonic()
+            if give_up_at is not None and mono >= give_up_at:
+                return False
+            if mono > target + POLL_S:
                 # The pass this waiter's time asked for did not come (its timer gave way to an earlier one that
                 # found the pool unchanged): ask for one now. The turn still goes in arrival order.
                 self.queue.notify()
+                target = mono + CAPACITY_RECHECK_S
 
     def _leave_queue(self, run: Run) -> None:
         if run.waiter is not None:
@@ -396,9 +444,9 @@ class Router:
         except LocalLimitError as exc:
             if (now := time.monotonic()) - self._overload_logged_at >= OVERLOAD_LOG_EVERY_S:
                 self._overload_logged_at = now
-                log.warning("accountpool: cannot open an upstream connection (%s); answering 503 proxy_overloaded "
-                            "without trying an account. Raise `ulimit -n` for mitmproxy (each open stream holds "
-                            "four file descriptors).", exc)
+                log.warning("accountpool: cannot open an upstream connection (%s); requests wait for a stream to "
+                            "end (up to pool_max_wait), then get 503 proxy_overloaded; no account is blamed. Raise "
+                            "`ulimit -n` for mitmproxy (each open stream holds four file descriptors).", exc)
             raise ProxyOverloaded(str(exc)) from None
         except UpstreamError as exc:
             raise self._fail(run, account, FailureClass.UPSTREAM_ERROR,
@@ -598,7 +646,7 @@ class Router:
             if cls is FailureClass.MODEL_RESTRICTED and model:
                 update["model_cooldowns"] = {**h.model_cooldowns, model: until}
             else:
-                # Escalation, the transient threshold and half-open state (recovery.py).
+                # Escalation, the transient threshold and half-open state (routing/recovery.py).
                 verdict = recovery.judge_failure(h, cls, until, settings=self.view.settings, now=now)
                 update.update(verdict.changes)
                 until = verdict.cooldown_until
