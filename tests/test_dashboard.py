@@ -29,8 +29,17 @@ API_KEY = "sk-dashboard-test-" + "Q7x9" * 8
 # ---------------------------------------------------------------- fixtures
 
 
+ABSORBED = {  # request id → its attempts: (index into account_ids, status, class)
+    "req-000": [(0, 429, "rate_limited"), (1, 200, "ok")],
+    "req-001": [(1, 502, "upstream_error"), (0, 200, "ok")],
+    "req-002": [(1, 401, "auth_expired"), (1, 200, "ok")],  # refreshed, then the same login again
+    "req-004": [(0, 429, "quota_exceeded"), (1, 500, "upstream_error"), (0, 200, "ok")],
+}
+
+
 def seed_metrics(db_path: Any, account_ids: list[str], now: float) -> list[dict[str, Any]]:
-    """40 requests in the last 10 minutes (every 8th a failure), two older ones, one in flight."""
+    """40 requests in the last 10 minutes (every 8th a failure; four more needed failover, `ABSORBED`), two
+    older ones, one in flight."""
     rows = []
     for i in range(40):
         failed = i % 8 == 3
@@ -57,6 +66,14 @@ def seed_metrics(db_path: Any, account_ids: list[str], now: float) -> list[dict[
         db["attempts"].insert_all([{"request_id": r["id"], "n": 1, "account_id": r["account_id"],
                                     "status": r["status"], "class": r["outcome"], "ms": r["total_ms"],
                                     "refreshed": 0, "started_at": r["started_at"]} for r in rows])
+        # Faults that failover absorbed: these requests still ended ok, on a later attempt.
+        by_id = {r["id"]: r for r in rows}
+        db["attempts"].upsert_all([
+            {"request_id": rid, "n": n, "account_id": account_ids[acct % len(account_ids)], "status": status,
+             "class": cls, "ms": 5.0, "refreshed": int(cls == "ok" and rid == "req-002"),
+             "started_at": by_id[rid]["started_at"] + n / 100}
+            for rid, attempts in ABSORBED.items() for n, (acct, status, cls) in enumerate(attempts, 1)],
+            pk=("request_id", "n"))
         db["inflight"].insert({"request_id": "live-1", "started_at": now - 3, "updated_at": now - 1, "pid": 1,
                                "client_key_label": "laptop", "method": "POST", "endpoint": "/v1/responses",
                                "model": "gpt-5.5", "stream": 1, "account_id": account_ids[0], "attempts": 1,
@@ -173,6 +190,38 @@ async def test_overview_shows_numbers_computed_from_the_rows(seeded: dict[str, A
 
     fragment = await ds.client.get("/-/pool/fragment?window=10m", cookies=actor_cookies(ds))
     assert f'id="ap-failures">{failures}<' in fragment.text and "<html" not in fragment.text
+
+
+async def test_overview_shows_the_faults_failover_absorbed(seeded: dict[str, Any]) -> None:
+    """Failed upstream attempts by class, from `attempts`: how many, how many inside requests that ended ok,
+    on which accounts (labels), and how many requests needed more than one attempt."""
+    ds = await make_ds(seeded["pool"])
+    html = (await ds.client.get("/-/pool?window=10m", cookies=actor_cookies(ds))).text
+    assert 'id="ap-absorbed">5<' in html and "4 requests retried" in html
+    section = html[html.index('id="ap-attempt-failures"'):]
+    section = section[:section.index("</section>")]
+    cells = re.findall(r"<th>(\w+)</th><td class=\"ap-n\">(\d+)</td><td class=\"ap-n\">(\d+)</td>\s*<td>([^<]*)</td>",
+                       section)
+    assert cells == [("rate_limited", "6", "1", "chat, work"), ("upstream_error", "2", "2", "chat"),
+                     ("auth_expired", "1", "1", "chat"), ("quota_exceeded", "1", "1", "work")]
+    assert '<tr class="ap-bad">' in section  # rate_limited: five of its failures reached the client
+    assert seeded["key_id"] not in section and seeded["login_id"] not in section  # labels, not ids
+
+    data = (await ds.client.get("/-/pool.json?window=10m", cookies=actor_cookies(ds))).json()["attempts"]
+    assert (data["failed"], data["absorbed"], data["accounts"]) == (10, 5, 2)
+    assert (data["retried_requests"], data["retried_ok"], data["complete"]) == (4, 4, True)
+    day = (await ds.client.get("/-/pool.json?window=24h", cookies=actor_cookies(ds))).json()["attempts"]
+    upstream = next(r for r in day["by_class"] if r["class"] == "upstream_error")
+    assert (upstream["attempts"], upstream["absorbed"], upstream["accounts"]) == (4, 2, ["chat", "work"])
+
+    # Over a big window only the latest attempts are read, and the page says from when.
+    conn = sqlite3.connect(seeded["pool"].db_path)
+    try:
+        latest = conn.execute("select started_at from attempts order by started_at desc limit 3").fetchall()
+        part = queries.attempt_failures(conn, seeded["now"] - 86_400, {}, row_limit=3)
+    finally:
+        conn.close()
+    assert (part["scanned"], part["complete"], part["since"]) == (3, False, latest[-1][0])
 
 
 async def test_rollup_agrees_with_the_raw_rows(seeded: dict[str, Any]) -> None:

@@ -108,6 +108,7 @@ def overview(conn: sqlite3.Connection, window: Window, now: float | None = None,
         **aggregates,
         "inflight": inflight(conn, labels),
         "queue": queue_stats(conn, since),
+        "attempts": attempt_failures(conn, since, labels),
         "recent": recent_requests(conn, labels),
         "recent_failures": recent_failures(conn, since, labels),
         "audit": audit_entries(conn, labels),
@@ -264,6 +265,48 @@ def queue_stats(conn: sqlite3.Connection, since: float) -> dict[str, Any]:
     n = len(waits)
     return {"waiting_now": waiting, "queued": n,
             **{f"p{p}": waits[nearest_rank(p, n) - 1] if n else None for p in (50, 95)}}
+
+
+ATTEMPT_ROW_LIMIT = 25_000
+"""The attempt breakdown reads at most this many of the window's latest `attempts` rows (about 25 ms)."""
+
+
+def attempt_failures(conn: sqlite3.Connection, since: float, labels: dict[str, str], *,
+                     row_limit: int = ATTEMPT_ROW_LIMIT) -> dict[str, Any]:
+    """What failover absorbed: the window's failed upstream attempts by class, and how many of them sit in
+    requests that ended `ok` (the client never saw them).
+
+    One backwards range scan of the `attempts.started_at` index, bounded by `row_limit` (the rollup holds no
+    attempts, and a day of a busy pool has millions): up to the limit the figures are exact for the window,
+    above it they cover its latest `row_limit` attempts and `since` says from when. Only the failed
+    attempts and the second attempts (one per request that needed more than one) are looked up in
+    `requests`, by primary key. `retried_requests` counts second attempts, so a retry after a token
+    refresh counts too."""
+    latest = ("SELECT request_id, n, account_id, class, started_at FROM attempts WHERE started_at >= ? "
+              "ORDER BY started_at DESC LIMIT ?")
+    ended_ok = "(SELECT r.outcome = 'ok' FROM requests r WHERE r.id = a.request_id)"
+    failed = "(a.class IS NOT NULL AND a.class != 'ok')"
+    rows = _rows(conn, f"SELECT a.class AS class, count(*) AS attempts, min(a.started_at) AS first, "
+                       f"coalesce(sum(a.n = 2), 0) AS retried, "
+                       f"coalesce(sum(CASE WHEN a.n = 2 THEN {ended_ok} END), 0) AS retried_ok, "
+                       f"coalesce(sum(CASE WHEN {failed} THEN {ended_ok} END), 0) AS absorbed, "
+                       f"group_concat(DISTINCT CASE WHEN {failed} THEN a.account_id END) AS accounts "
+                       f"FROM ({latest}) AS a GROUP BY a.class", [since, row_limit])
+    scanned = sum(r["attempts"] for r in rows)
+    by_class = []
+    for row in rows:
+        if row["class"] not in (None, "ok"):
+            ids = [i for i in (row["accounts"] or "").split(",") if i]
+            by_class.append({"class": row["class"], "attempts": row["attempts"], "absorbed": row["absorbed"],
+                             "accounts": sorted(labels.get(i, i) for i in ids)})
+    by_class.sort(key=lambda r: (-r["attempts"], r["class"]))
+    complete = scanned < row_limit
+    return {"scanned": scanned, "complete": complete,
+            "since": since if complete else min(r["first"] for r in rows),
+            "failed": sum(r["attempts"] for r in by_class), "absorbed": sum(r["absorbed"] for r in by_class),
+            "accounts": len({a for r in by_class for a in r["accounts"]}),
+            "retried_requests": sum(r["retried"] for r in rows), "retried_ok": sum(r["retried_ok"] for r in rows),
+            "by_class": by_class}
 
 
 # ---------------------------------------------------------------- lists

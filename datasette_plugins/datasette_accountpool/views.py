@@ -1,4 +1,10 @@
-"""The dashboard's pages: each view checks a permission, runs `queries` / `store`, renders a template."""
+"""The dashboard's pages: each view checks a permission, runs `queries` / `store`, renders a template.
+
+The one module where Datasette's requests and responses meet the pool, so that the SQL (`queries`,
+`foresight`) and the form (`settings_form`) stay plain functions one can read and test on their own. Here each
+page asks `permissions`, puts those functions in order, and keeps the blocking work (SQL via `db.execute_fn`,
+"refresh now" via a thread) off Datasette's event loop.
+"""
 
 from __future__ import annotations
 
