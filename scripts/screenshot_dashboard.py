@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from accountpool.admin.demo import build_demo_pool, inject_faults, send_traffic  # noqa: E402
+from accountpool.admin.demo import build_demo_pool, start_traffic  # noqa: E402
 from harness import LAPTOP, Datasette, Mitmdump, Pool, launch_chromium, running_sim, signed_in_page  # noqa: E402
 
 MAX_BYTES = 200_000
@@ -41,12 +41,8 @@ def main() -> int:
             pool.client_key = build_demo_pool(pool.db_path, sim)  # replaces the harness's empty pool
             sweep = {"pool_usage_url": f"{sim.url}/backend-api/wham/usage", "pool_usage_sweep": 30}
             with Mitmdump(pool, options=sweep) as proxy, Datasette(pool) as ds:
-                stop, counts = threading.Event(), {"ok": 0, "failed": 0}
-                workers = [threading.Thread(target=send_traffic, args=(proxy.url, pool.client_key, stop, counts))
-                           for _ in range(3)]
-                workers.append(threading.Thread(target=inject_faults, args=(sim, stop)))
-                for w in workers:
-                    w.start()
+                stop = threading.Event()
+                workers, counts = start_traffic(proxy.url, pool.client_key, sim, stop)
                 print(f"sending demo traffic for {args.seconds:.0f} s ...", flush=True)
                 time.sleep(args.seconds)
                 stop.set()
@@ -70,7 +66,7 @@ def main() -> int:
                     finally:
                         browser.close()
     print(f"{args.out}: {LAPTOP['width']}x{height}, {args.out.stat().st_size // 1024} KB "
-          f"({counts['ok']} answered, {counts['failed']} failed)")
+          f"({counts['ok']} answered, {counts['failed']} failed, {counts['refused']} stale-key requests refused)")
     return 0
 
 

@@ -17,7 +17,7 @@ def test_demo_runs_end_to_end(tmp_path):
     proxy_port, ds_port = free_port(), free_port()
     db = tmp_path / "pool.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "accountpool.admin.cli", "--db", str(db), "demo", "--seconds", "8",
+        [sys.executable, "-m", "accountpool.admin.cli", "--db", str(db), "demo", "--seconds", "10",
          "--proxy-port", str(proxy_port), "--datasette-port", str(ds_port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = []
@@ -48,6 +48,31 @@ def test_demo_runs_end_to_end(tmp_path):
         failovers = conn.execute("select count(*) from requests where attempts > 1").fetchone()[0]
     assert rows >= answered
     assert failovers > 0  # the scripted faults make the demo show failover
+    assert_demo_shows_what_the_product_is_for(demo_db)
+
+
+def assert_demo_shows_what_the_product_is_for(demo_db: Path) -> None:
+    """Upstream faults of several classes on several accounts, absorbed by failover; the demo client almost never
+    sees a failure; the stale-key client is refused (401) but never throttled; more than one account serves.
+
+    Counts, not timings: the faults that make these true are scripted at start-up and met by the first few
+    requests (`build_demo_pool`), so a slow machine sends fewer requests but not a different story."""
+    with sqlite3.connect(demo_db) as conn:
+        absorbed = conn.execute(
+            "select a.class, a.account_id from attempts a join requests r on r.id = a.request_id "
+            "where a.class != 'ok' and r.outcome = 'ok'").fetchall()
+        outcomes = dict(conn.execute("select outcome, count(*) from requests group by outcome").fetchall())
+        client = conn.execute("select count(*), coalesce(sum(outcome != 'ok'), 0) from requests "
+                              "where client_key_label = 'demo-client'").fetchone()
+        refusals = dict(conn.execute("select status, count(*) from requests where outcome = 'client_auth_failed' "
+                                     "group by status").fetchall())
+        served = conn.execute("select count(distinct account_id) from requests where outcome = 'ok'").fetchone()[0]
+    classes, accounts = {c for c, _ in absorbed}, {a for _, a in absorbed}
+    assert len(classes) >= 3 and len(accounts) >= 2, absorbed
+    assert client[0] >= 10 and client[1] / client[0] < 0.05, (client, outcomes)
+    # The stale key: visible (401), and harmless: never a 429 `client_auth_throttled`, for it or anyone.
+    assert refusals.get(401, 0) >= 1 and set(refusals) == {401}, refusals
+    assert served >= 2
 
 
 def test_make_demo_as_written_until_ctrl_c():

@@ -52,12 +52,17 @@ def build_demo_pool(db_path: Path, sim: SimulatedUpstream) -> str:
             auth = sim.add_chatgpt_login(upstream_id, email=f"{label}@example.com", plan=plan, access_ttl_s=ttl)
             pending = account_admin.parse_codex_auth(auth, label, label=label)
             account_admin.apply_import(db, secrets, [pending], actor="demo")
-        # The first trouble comes at once, on the API key that model listings try first (the end-to-end test
-        # runs the demo for 8 s); `inject_faults` goes on from there. The logins start clean: the usage sweep
-        # probes them at start-up (a fault scripted now would answer the probe), which makes them the
-        # known-good first choices, so their later faults show failover.
+        # The first trouble comes at once, on three accounts and in three classes, so even a few seconds of
+        # demo show failover at work (the end-to-end test runs it briefly); `inject_faults` goes on from
+        # there. The first generation request goes to pro-login (lowest weekly use): its token has expired
+        # (401, refresh, retry); the next one meets its rate limit and fails over to plus-login, whose 5xx
+        # sends it on to the API keys, where model listings meet alpha-team-key's faults. Login faults match
+        # only Responses calls, so the usage sweep's start-up probe of the logins does not take them.
         sim.script(keys["alpha-team-key"], [{"kind": "server_error", "count": 2},
                                             {"kind": "rate_limit", "retry_after": 10}])
+        sim.script("acct-demo-pro", [{"kind": "expired", "path": LOGIN_PATH},
+                                     {"kind": "rate_limit", "retry_after": 5, "path": LOGIN_PATH}])
+        sim.script("acct-demo-plus", [{"kind": "server_error", "path": LOGIN_PATH}])
         sim.set_usage("acct-demo-pro", primary_used_percent=35.0, secondary_used_percent=20.0)
         sim.set_usage("acct-demo-plus", primary_used_percent=40.0, secondary_used_percent=20.5)
         _, client_key = store.create_client_key(db, "demo-client", actor="demo")
@@ -67,18 +72,22 @@ def build_demo_pool(db_path: Path, sim: SimulatedUpstream) -> str:
     return client_key
 
 
+LOGIN_PATH = "/codex/responses"
+"""Faults scripted for a login match only its Responses calls (chat is translated to them), never the usage probe."""
 FAULT_CYCLE: tuple[tuple[str, dict], ...] = (
-    ("acct-demo-pro", {"kind": "rate_limit", "retry_after": 20}),
-    ("acct-demo-plus", {"kind": "server_error", "count": 2}),
-    ("sk-demo-team-" + "a" * 24 + "1111", {"kind": "quota", "resets_in_seconds": 30}),
-    ("acct-demo-pro", {"kind": "expired"}),
-    ("acct-demo-plus", {"kind": "cut", "after_events": 3}),
+    ("acct-demo-pro", {"kind": "rate_limit", "retry_after": 20, "path": LOGIN_PATH}),
+    ("acct-demo-plus", {"kind": "server_error", "count": 2, "path": LOGIN_PATH}),
+    ("sk-demo-team-" + "a" * 24 + "1111", {"kind": "rate_limit", "retry_after": 10}),
+    ("acct-demo-pro", {"kind": "expired", "path": LOGIN_PATH}),
+    ("acct-demo-plus", {"kind": "cut", "after_events": 3, "path": LOGIN_PATH}),
     ("sk-demo-backup-" + "b" * 22 + "2222", {"kind": "server_error"}),
-    ("acct-demo-pro", {"kind": "inband_error"}),
-    ("acct-demo-plus", {"kind": "rate_limit", "retry_after": 15}),
-    ("acct-demo-pro", {"kind": "reset"}),
+    ("acct-demo-pro", {"kind": "inband_error", "path": LOGIN_PATH}),
+    ("acct-demo-plus", {"kind": "quota", "resets_in_seconds": 30, "path": LOGIN_PATH}),
+    ("acct-demo-pro", {"kind": "reset", "path": LOGIN_PATH}),
 )
-"""What goes wrong upstream during the demo, one fault every few seconds, round the accounts."""
+"""What goes wrong upstream during the demo, one fault every few seconds, round the accounts. The quota fault
+is a login's usage limit, which names its reset (30 s): an API key's `insufficient_quota` names none, so it
+would cool the key for the default hour and take it out of the demo."""
 DRIFT_PER_TICK = {"acct-demo-pro": 0.4, "acct-demo-plus": 0.2}
 """5-hour used % added per fault tick (weekly: a quarter of it): pro burns ~24 %/h, plus ~12 %/h, so its
 weekly use overtakes plus's within a few minutes and balanced mode moves traffic, and the forecasts on the
@@ -88,11 +97,18 @@ accounts page have plausible slopes."""
 def inject_faults(sim: SimulatedUpstream, stop: threading.Event, every_s: float = 6.0) -> None:
     """Upstream trouble spread over time and accounts, as a real pool meets it; failover absorbs it, so the
     dashboard shows faults per account and attempts, and a client-visible failure rate near zero. The
-    logins' usage drifts upwards meanwhile, so balanced mode moves traffic between them."""
-    i = 0
+    logins' usage drifts upwards meanwhile, so balanced mode moves traffic between them.
+
+    A fault that met no request in its turn is dropped at the next tick: in a real pool an account that is
+    cooling down gets no traffic and so meets no fault, while a queued one would fail its recovery trial
+    every time and keep it out of the demo for good."""
+    i, last = 0, None
     while not stop.wait(every_s):
         credential, fault = FAULT_CYCLE[i % len(FAULT_CYCLE)]
+        if last is not None and last != credential:
+            sim.script(last, [])
         sim.script(credential, [fault])
+        last = credential
         for login, step in DRIFT_PER_TICK.items():
             usage = sim.usage_of(login)
             sim.set_usage(login, primary_used_percent=min(95.0, usage.primary_used_percent + step),
@@ -100,23 +116,23 @@ def inject_faults(sim: SimulatedUpstream, stop: threading.Event, every_s: float 
         i += 1
 
 
-def send_traffic(proxy_url: str, client_key: str, stop: threading.Event, counts: dict[str, int]) -> None:
-    """A steady mix of Responses and Chat Completions requests, streamed and not."""
-    rng = random.Random(7)
+def send_traffic(proxy_url: str, client_key: str, stop: threading.Event, counts: dict[str, int],
+                 seed: int = 7) -> None:
+    """A steady mix of Responses and Chat Completions requests, streamed and not, and now and then a model list."""
+    rng = random.Random(seed)
+    n = 0
     with httpx.Client(base_url=proxy_url, headers={"authorization": f"Bearer {client_key}"}, timeout=60,
                       trust_env=False) as client:
         while not stop.is_set():
-            kind = rng.choice(["responses", "responses-stream", "chat", "chat-stream", "models"])
+            kind = rng.choices(["responses", "responses-stream", "chat", "chat-stream", "models"],
+                               weights=[2, 2, 2, 2, 1])[0]
             try:
-                if rng.random() < 0.01:  # now and then a client with a stale key: visible, and harmless to others
-                    r = client.post("/v1/responses", json={"model": "gpt-5.5", "input": "hi"},
-                                    headers={"authorization": "Bearer ap-wrong-key"})
-                elif kind == "models":
+                if kind == "models":
                     r = client.get("/v1/models")
                 elif kind.startswith("responses"):
                     r = client.post("/v1/responses", json={
                         "model": "gpt-5.5", "input": "Summarise the pool's health", "stream": kind.endswith("stream"),
-                        "prompt_cache_key": f"conv-{rng.randint(1, 4)}"})
+                        "prompt_cache_key": f"conv-{seed}-{n // 12}"})  # a new conversation now and then
                 else:
                     r = client.post("/v1/chat/completions", json={
                         "model": "gpt-5.5", "messages": [{"role": "user", "content": "Hello from the demo"}],
@@ -124,7 +140,40 @@ def send_traffic(proxy_url: str, client_key: str, stop: threading.Event, counts:
                 counts["ok" if r.status_code < 400 else "failed"] += 1
             except httpx.HTTPError:
                 counts["failed"] += 1
+            n += 1
             stop.wait(rng.uniform(0.2, 0.8))
+
+
+STALE_KEY_EVERY_S = 20.0
+"""Far below the client-key throttle's 10 refusals a minute: the stale client is refused (401), never throttled."""
+
+
+def send_stale_key(proxy_url: str, stop: threading.Event, counts: dict[str, int],
+                   every_s: float = STALE_KEY_EVERY_S) -> None:
+    """A misconfigured client with a stale key, now and then: refused with 401, visible on the dashboard, and
+    harmless to the demo client, whose requests go on being answered."""
+    with httpx.Client(base_url=proxy_url, headers={"authorization": "Bearer ap-stale-demo-key"}, timeout=60,
+                      trust_env=False) as client:
+        while not stop.is_set():
+            try:
+                r = client.post("/v1/responses", json={"model": "gpt-5.5", "input": "hi"})
+                counts["refused" if r.status_code == 401 else "failed"] += 1
+            except httpx.HTTPError:
+                counts["failed"] += 1
+            stop.wait(every_s)
+
+
+def start_traffic(proxy_url: str, client_key: str, sim: SimulatedUpstream,
+                  stop: threading.Event) -> tuple[list[threading.Thread], dict[str, int]]:
+    """The demo's load: three clients with the good key, one with a stale key, and the fault script."""
+    counts = {"ok": 0, "failed": 0, "refused": 0}
+    workers = [threading.Thread(target=send_traffic, args=(proxy_url, client_key, stop, counts, 7 + i), daemon=True)
+               for i in range(3)]
+    workers.append(threading.Thread(target=send_stale_key, args=(proxy_url, stop, counts), daemon=True))
+    workers.append(threading.Thread(target=inject_faults, args=(sim, stop), daemon=True))
+    for w in workers:
+        w.start()
+    return workers, counts
 
 
 def run_demo(*, db_path: Path, seconds: float, datasette_port: int, proxy_port: int) -> None:
@@ -154,12 +203,7 @@ def run_demo(*, db_path: Path, seconds: float, datasette_port: int, proxy_port: 
         procs.append(ds)
         sign_in = _read_root_url(ds)
         wait_for_port(datasette_port, ds, timeout=60)
-        counts = {"ok": 0, "failed": 0}
-        workers = [threading.Thread(target=send_traffic, args=(f"http://127.0.0.1:{proxy_port}", client_key, stop,
-                                                               counts), daemon=True) for _ in range(3)]
-        workers.append(threading.Thread(target=inject_faults, args=(sim, stop), daemon=True))
-        for w in workers:
-            w.start()
+        _, counts = start_traffic(f"http://127.0.0.1:{proxy_port}", client_key, sim, stop)
         until = f"stopping after {seconds:.0f} s" if seconds else "Ctrl-C stops everything"
         print(f"""
 accountpool demo is running (everything on 127.0.0.1):
@@ -179,7 +223,8 @@ Demo traffic is flowing; {until}.
                 time.sleep(0.5)
                 if any(p.poll() is not None for p in procs):
                     raise RuntimeError("a demo process exited early; see " + str(demo_dir / "mitmdump.log"))
-        print(f"demo traffic: {counts['ok']} answered, {counts['failed']} failed", flush=True)
+        print(f"demo traffic: {counts['ok']} answered, {counts['failed']} failed; "
+              f"{counts['refused']} stale-key requests refused (401)", flush=True)
     finally:
         stop.set()
         for p in procs:
