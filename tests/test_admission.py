@@ -59,7 +59,9 @@ def test_dot_segments_never_reach_an_upstream(pool_env, sim):
     body = json.dumps(BODY).encode()
     with Mitmdump(pool_env) as proxy:
         for target in ("/v1/../../etc/passwd", "/v1/%2e%2e/%2e%2e/etc/passwd", "/v1/%252e%252e/admin",
-                       "/v1%2f..%2f..%2fetc/passwd", "/v1/../etc/passwd", "/backend-api/codex/../../wham/usage"):
+                       "/v1%2f..%2f..%2fetc/passwd", "/v1/../etc/passwd", "/backend-api/codex/../../wham/usage",
+                       # out of the prefix it started in, into the other pooled one
+                       "/v1/../backend-api/codex/responses", "/backend-api/codex/../../v1/responses"):
             status, answer = send_raw(proxy.port, "POST", target, pool_env.client_key, body)
             assert (status, answer["error"]["code"]) == (400, "invalid_path"), (target, answer)
         # Dot segments that stay inside the pooled API are resolved; the upstream sees the clean path.

@@ -17,7 +17,9 @@ from typing import Any
 import httpx
 import pytest
 from accountpool.storage import schema
+from datasette import hookimpl
 from datasette.app import Datasette
+from datasette.plugins import pm
 from datasette.utils import tilde_encode
 from datasette_accountpool import config
 from harness import Datasette as DatasetteProcess
@@ -154,6 +156,59 @@ async def test_metadata_allow_cannot_open_the_pool_but_allow_view_can(pool: dict
     narrowed = await serve([pool["pool"].db_path], databases={name: {"allow": {"id": "root"}}})
     assert (await narrowed.client.get(f"/{name}/accounts", cookies=actor_cookies(narrowed, VIEWER))).status_code == 403
     assert (await narrowed.client.get(f"/{name}/accounts", cookies=actor_cookies(narrowed))).status_code == 200
+
+
+def opened_at_a_finer_level(name: str) -> dict[str, Any]:
+    """Metadata an operator might write to open parts of the pool below the database level."""
+    return {name: {"allow_sql": True,
+                   "tables": {"client_keys": {"allow": True}, "accounts": {"allow": True}},
+                   "queries": {CANNED: {"sql": "select prefix from client_keys", "allow": True}}}}
+
+
+class GrantingPlugin:
+    """An operator's permission plugin that opens SQL and downloads to everyone, for every database."""
+
+    __name__ = "granting-plugin"
+
+    @staticmethod
+    @hookimpl
+    def permission_allowed(action: str) -> bool | None:
+        return True if action in ("execute-sql", "view-database-download") else None
+
+
+@pytest.fixture
+def granting_plugin() -> Any:
+    pm.register(GrantingPlugin, name=GrantingPlugin.__name__)
+    try:
+        yield
+    finally:
+        pm.unregister(name=GrantingPlugin.__name__)
+
+
+async def test_table_query_sql_and_download_grants_below_the_database_do_not_open_the_pool(
+        pool: dict[str, Any], granting_plugin: None) -> None:
+    """Datasette asks `view-table`, `view-query`, `execute-sql` and `view-database-download` first and stops at
+    the first answer, so a table-level or canned-query `allow: true`, `allow_sql: true` or another plugin's
+    grant would open those pages past the database-level refusal: the plugin refuses each action itself."""
+    name = pool["name"]
+    ds = await serve([], immutables=[str(pool["pool"].db_path)], databases=opened_at_a_finer_level(name),
+                     settings={"allow_download": True})
+    urls = [f"/{name}/client_keys", f"/{name}/client_keys.json", f"/{name}/client_keys.json?_where=1",
+            f"/{name}/accounts/{tilde_encode(pool['key_id'])}.json", f"/{name}/{CANNED}", f"/{name}/{CANNED}.json",
+            f"/{name}?sql=select+prefix+from+client_keys", f"/{name}.json?sql=select+prefix+from+client_keys",
+            f"/{name}.db"]
+    for actor_id in (None, STRANGER):
+        got = await statuses(ds, urls, actor_id)
+        assert {url: s for url, s in got.items() if s != 403} == {}, actor_id
+        # Asked on its own (as Datasette's SQL links and other plugins do), each action is refused too.
+        actor = {"id": actor_id} if actor_id else None
+        for action, resource in (("view-table", (name, "client_keys")), ("view-query", (name, CANNED)),
+                                 ("execute-sql", name), ("view-database-download", name)):
+            assert await ds.permission_allowed(actor, action, resource, default=None) is False, (action, actor)
+    for actor_id in ("root", VIEWER):
+        got = await statuses(ds, urls, actor_id)
+        assert set(got.values()) == {200}, (actor_id, got)
+    assert "prefix" in (await ds.client.get(f"/{name}/{CANNED}.json", cookies=actor_cookies(ds))).text
 
 
 async def test_a_database_that_becomes_a_pool_while_served_turns_private(tmp_path: Path) -> None:

@@ -31,6 +31,19 @@ from accountpool.upstream.upstream_request import upstream_url
     ("/backend-api/codex/../../accounts", PathVerdict.ESCAPES, None),
     ("/backend-api/codex/../wham/usage", PathVerdict.ESCAPES, None),
     ("/..", PathVerdict.ESCAPES, None),
+    # Out of the prefix it started in and into the other one: still out (an API path must not reach
+    # the Codex backend, nor a Codex path the API), and so is leaving and coming back.
+    ("/v1/../backend-api/codex/responses", PathVerdict.ESCAPES, None),
+    ("/v1/%2e%2e/backend-api/codex/responses", PathVerdict.ESCAPES, None),
+    ("/backend-api/codex/../../v1/responses", PathVerdict.ESCAPES, None),
+    ("/backend-api/codex/%2e%2e%2f%2e%2e%2fv1/responses", PathVerdict.ESCAPES, None),
+    ("/v1/../v1/responses", PathVerdict.ESCAPES, None),
+    ("/v1/a/../../v1/responses", PathVerdict.ESCAPES, None),
+    ("/backend-api/codex/../codex/responses", PathVerdict.ESCAPES, None),
+    # Inside the prefix it started in, however deep the detour.
+    ("/v1/a/../responses", PathVerdict.POOLED, "/v1/responses"),
+    ("/v1/a/b/../../responses", PathVerdict.POOLED, "/v1/responses"),
+    ("/backend-api/codex/a/../responses", PathVerdict.POOLED, "/backend-api/codex/responses"),
     # Not an API path and no traversal: unknown (404 in reverse mode).
     ("/", PathVerdict.UNKNOWN, None),
     ("/etc/passwd", PathVerdict.UNKNOWN, None),
