@@ -72,6 +72,26 @@ def test_dot_segments_never_reach_an_upstream(pool_env, sim):
     assert [q["path"] for q in sim.requests()] == ["/v1/responses", "/v1/models"]
 
 
+WEBSOCKET_UPGRADE = {"connection": "Upgrade", "upgrade": "websocket", "sec-websocket-version": "13",
+                     "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ=="}
+
+
+def test_a_websocket_upgrade_gets_426_and_never_reaches_an_account(pool_env, sim):
+    """Codex CLI opens the Responses API as a WebSocket first and falls back to HTTP at once only on 426 (any
+    other answer it retries five times, ~6 s a session). Forwarded, the upgrade would carry an account's
+    credential to the upstream for a transport the pool cannot relay or fail over."""
+    pool_env.add_key("a", KEY_A)
+    with Mitmdump(pool_env) as proxy, proxy.client() as client:
+        for path in ("/v1/responses", "/backend-api/codex/responses"):
+            message = error_of(client.get(path, headers=WEBSOCKET_UPGRADE), 426, "websocket_unsupported")
+            assert "HTTP" in message
+        # Without the key it is refused like any request: the key comes first.
+        with httpx.Client(base_url=proxy.url, trust_env=False, timeout=30) as anon:
+            error_of(anon.get("/v1/responses", headers=WEBSOCKET_UPGRADE), 401, "invalid_client_key")
+        assert client.post("/v1/responses", json=BODY).status_code == 200  # the HTTP fallback is served
+    assert [(q["method"], q["path"]) for q in sim.requests()] == [("POST", "/v1/responses")]
+
+
 def test_regular_mode_refuses_traversal_on_a_pooled_host(pool_env, sim):
     from test_proxy_modes import regular_client
 

@@ -275,6 +275,9 @@ def test_regular_mode_codex_line_as_written(home, sim):
     assert sim.requests() and {q["auth"] for q in sim.requests()} == {f"Bearer {KEY}"}
     assert CODEX_OWN_KEY not in json.dumps(sim.requests()) and pool.client_key not in json.dumps(sim.requests())
     assert find_secrets(log.read_text(errors="replace"), [KEY]) == []
+    # Codex tried its WebSocket transport first; the pool answered 426 and Codex went to HTTP at once: no upgrade
+    # reached the upstream with the account's key.
+    assert [q for q in sim.requests() if q["method"] == "GET" and q["path"] == "/v1/responses"] == []
 
 
 def test_mitmweb_command_as_written(home, sim):

@@ -432,6 +432,13 @@ class AccountPool:
             raise BadRequest(errors.bad_request(f"no pooled API at {req.path.partition('?')[0][:200]!r}; the pool "
                                                 "serves /v1/… and /backend-api/codex/…", status=404,
                                                 code="unknown_path"))
+        if req.headers.get("upgrade", "").lower() == "websocket":
+            # Codex CLI opens the Responses API as a WebSocket first and falls back to HTTP at once only on a
+            # 426 (any other answer it retries five times). Forwarded, the upgrade would take an account's
+            # credential upstream for a transport the relay cannot carry, choose an account for a whole
+            # session and leave failover out.
+            raise BadRequest(errors.bad_request("the pool relays HTTP only, not WebSockets; use HTTP (POST, "
+                                                "with SSE for streams)", status=426, code="websocket_unsupported"))
         try:
             # Decoded (gzip, deflate, br, zstd: Codex may compress): the relay sends the plain body upstream.
             content = req.get_content(strict=True) or b""
