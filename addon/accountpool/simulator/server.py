@@ -8,8 +8,9 @@ another process over its `/_sim/...` JSON control API (`python -m accountpool.si
 Every answer is deterministic (text and token counts derive from the input) so assertions stay
 exact, and nothing sleeps unless a test asks for it, so benchmarks measure the proxy, not this.
 
-This module is the server: routes, authentication, token refresh, the control API and the HTTP framing.
-What it answers comes from `answers`, how it fails from `faults`.
+This module is the server's behaviour: routes, authentication, token refresh and the control API. What it
+answers comes from `answers`, how it fails from `faults`, what it refuses from `checks`, and how bytes go on
+the wire from `http_framing`.
 """
 
 from __future__ import annotations
@@ -21,19 +22,15 @@ import datetime as dt
 import hashlib
 import ipaddress
 import json
-import os
 import secrets
 import signal
 import socket
-import struct
 import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, parse_qsl, urlsplit
+from urllib.parse import parse_qs
 
 from accountpool.simulator.answers import (
     MODELS,
@@ -44,16 +41,12 @@ from accountpool.simulator.answers import (
     sse_frames,
     wham_usage,
 )
+from accountpool.simulator.checks import Request, form_fields, validate
 from accountpool.simulator.faults import FAULT_KINDS, Fault, expired_reply, fault_reply, inband_error, inband_events
+from accountpool.simulator.http_framing import SimHandler, SimServer
 from accountpool.simulator.logins import AUTH_CLAIM, CODEX_CLIENT_ID, Login, make_jwt
 from accountpool.simulator.replies import Reply, error_reply, json_reply, sse_event
 from accountpool.simulator.usage import Usage
-
-CODEX_ALLOWED_FIELDS = frozenset({
-    "model", "instructions", "input", "tools", "tool_choice", "parallel_tool_calls", "reasoning",
-    "store", "stream", "include", "prompt_cache_key", "text", "service_tier", "client_metadata",
-})  # fmt: skip
-"""Top-level fields the Codex backend accepts; anything else is a 400 there, as upstream."""
 
 _ROUTES = {
     ("POST", "/v1/responses"): "responses",
@@ -69,33 +62,9 @@ REQUEST_LOG_LIMIT = 100_000
 """`requests()` keeps the newest this many, so a long benchmark cannot grow memory without bound."""
 
 
-@dataclass
-class _Request:
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    raw: bytes
-    body: Any = None
-
-    @property
-    def bearer(self) -> str | None:
-        value = self.headers.get("authorization", "")
-        return value[7:].strip() if value[:7].lower() == "bearer " else None
-
-
-def _detail(status: int, detail: str) -> Reply:
-    """The Codex backend's FastAPI-style validation error."""
-    return json_reply(status, {"detail": detail})
-
-
 def _mask(key: str) -> str:
     """OpenAI's mask for a wrong key: enough to tell keys apart, never the key itself."""
     return f"{key[:3]}{'*' * max(4, len(key) - 7)}{key[-4:]}" if len(key) >= 12 else "****"
-
-
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 class SimulatedUpstream:
@@ -115,12 +84,12 @@ class SimulatedUpstream:
         self._faults: dict[str, list[Fault]] = {}
         self._requests: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_LIMIT)
         self._conns: set[socket.socket] = set()
-        self._server: _Server | None = None
+        self._server: SimServer | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> SimulatedUpstream:
-        self._server = _Server(self._bind, _Handler)
+        self._server = SimServer(self._bind, SimHandler)
         self._server.sim = self
         # a short poll interval keeps stop() fast: shutdown() waits for the next poll
         poll = {"poll_interval": 0.05}
@@ -272,15 +241,15 @@ class SimulatedUpstream:
             return spec
         return None
 
-    def _resolve(self, req: _Request, endpoint: str | None) -> str | None:
+    def _resolve(self, req: Request, endpoint: str | None) -> str | None:
         if endpoint == "oauth":
-            return self._token_owner.get(str(_form(req).get("refresh_token")))
+            return self._token_owner.get(str(form_fields(req).get("refresh_token")))
         token = req.bearer or ""
         return token if token in self._api_keys else self._token_owner.get(token)
 
     # ---- request handling ------------------------------------------------------------------
 
-    def _respond(self, req: _Request) -> Reply:
+    def _respond(self, req: Request) -> Reply:
         if req.path.startswith("/_sim/"):
             return self._control(req)
         endpoint = _ROUTES.get((req.method, req.path))
@@ -301,7 +270,7 @@ class SimulatedUpstream:
         reply.headers.setdefault("x-request-id", f"req_{uuid.uuid4().hex}")
         return reply
 
-    def _authenticate(self, req: _Request, codex: bool) -> Reply | None:
+    def _authenticate(self, req: Request, codex: bool) -> Reply | None:
         token = req.bearer
         if not token:
             return error_reply(401, "Missing bearer authentication in header", "invalid_request_error", None)
@@ -326,14 +295,14 @@ class SimulatedUpstream:
                           "invalid_request_error", "account_mismatch")  # fmt: skip
         return None
 
-    def _serve(self, req: _Request, endpoint: str, credential: str | None) -> Reply:
+    def _serve(self, req: Request, endpoint: str, credential: str | None) -> Reply:
         codex = endpoint in _CODEX_ENDPOINTS
         body = req.body if isinstance(req.body, dict) else {}
         with self._lock:
             denied = self._authenticate(req, codex)
             login = self._logins.get(credential or "") if codex else None
             usage = (login.usage if login else None) if codex else self._api_keys.get(credential or "")
-            reply = denied or _validate(endpoint, req)
+            reply = denied or validate(endpoint, req)
             fault = None if reply else self._take_fault(credential, req.path, body.get("model"), oauth=False)
             if fault and fault["kind"] == "expired" and login:
                 login.expired = True
@@ -355,7 +324,7 @@ class SimulatedUpstream:
         return reply
 
     def _answer(
-        self, req: _Request, endpoint: str, body: dict, login: Login | None, usage: Usage | None,
+        self, req: Request, endpoint: str, body: dict, login: Login | None, usage: Usage | None,
         fault: dict | None,
     ) -> Reply:  # fmt: skip
         if endpoint == "models":
@@ -390,8 +359,8 @@ class SimulatedUpstream:
             return json_reply(200, final)
         return Reply(events=sse_frames(events), delta_delay_s=delay)
 
-    def _oauth(self, req: _Request, credential: str | None) -> Reply:
-        params = _form(req)
+    def _oauth(self, req: Request, credential: str | None) -> Reply:
+        params = form_fields(req)
 
         def oauth_error(status: int, error: str, description: str) -> Reply:
             return json_reply(status, {"error": error, "error_description": description})
@@ -423,7 +392,7 @@ class SimulatedUpstream:
             "expires_in": int(login.access_ttl_s), "scope": "openid profile email offline_access",
         })  # fmt: skip
 
-    def _control(self, req: _Request) -> Reply:
+    def _control(self, req: Request) -> Reply:
         """The same controls as the Python API, as JSON over HTTP, for other processes."""
         b = dict(req.body) if isinstance(req.body, dict) else {}
         try:
@@ -457,142 +426,6 @@ class SimulatedUpstream:
         except (KeyError, TypeError, ValueError) as exc:
             return error_reply(400, f"simulator control: {exc!r}", "invalid_request_error", None)
         return error_reply(404, f"Invalid URL ({req.method} {req.path})", "invalid_request_error", None)
-
-
-def _form(req: _Request) -> dict[str, Any]:
-    """OAuth bodies come as JSON (Codex CLI) or form-encoded (most other clients)."""
-    if isinstance(req.body, dict):
-        return req.body
-    return dict(parse_qsl(req.raw.decode("utf-8", "replace")))
-
-
-def _validate(endpoint: str, req: _Request) -> Reply | None:
-    """Reject what the real services reject, so translation bugs surface here rather than in production."""
-    if req.method != "POST":
-        return None
-    body = req.body
-    if not isinstance(body, dict):
-        return error_reply(400, "We could not parse the JSON body of your request.", "invalid_request_error", None)
-    if endpoint == "codex_responses":
-        unknown = sorted(set(body) - CODEX_ALLOWED_FIELDS)
-        if unknown:
-            return _detail(400, f"Unsupported parameter: {unknown[0]}")
-        if body.get("store") is True:
-            return _detail(400, "Store must be set to false")
-        if body.get("stream") is not True:
-            return _detail(400, "Stream must be set to true")
-    if not isinstance(body.get("model"), str):
-        return error_reply(400, "Missing required parameter: 'model'.", "invalid_request_error",
-                      "missing_required_parameter")  # fmt: skip
-    if endpoint == "chat" and not isinstance(body.get("messages"), list):
-        return error_reply(400, "Missing required parameter: 'messages'.", "invalid_request_error",
-                      "missing_required_parameter")  # fmt: skip
-    return None
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
-    sim: SimulatedUpstream
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "accountpool-simulator"
-    sys_version = ""
-    disable_nagle_algorithm = True  # small SSE chunks must leave at once
-    timeout = 300
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.sim._lock:
-            self.server.sim._conns.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.sim._lock:
-            self.server.sim._conns.discard(self.connection)
-        try:
-            super().finish()
-        except OSError:
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: benchmarks push thousands of requests and tests read `requests()` instead."""
-
-    def _handle(self) -> None:
-        try:
-            raw = self._read_body()
-            url = urlsplit(self.path)
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            req = _Request(self.command, url.path, url.query, headers, raw)
-            if raw:
-                try:
-                    req.body = json.loads(raw)
-                except ValueError:
-                    req.body = raw.decode("utf-8", "replace")
-            try:
-                reply = self.server.sim._respond(req)
-            except Exception as exc:  # a simulator bug must look like an upstream 500, not a hang
-                reply = error_reply(500, f"simulator error: {exc!r}", "server_error", None)
-            self._send(reply)
-        except OSError:  # the client went away mid-answer: nothing left to tell it
-            self.close_connection = True
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("transfer-encoding", "").lower():
-            parts = []
-            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                pass
-            return b"".join(parts)
-        return self.rfile.read(int(self.headers.get("content-length") or 0))
-
-    def _drop(self) -> None:
-        self.close_connection = True
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def _send(self, r: Reply) -> None:
-        if r.first_byte_delay_s:
-            time.sleep(r.first_byte_delay_s)
-        if r.reset:  # SO_LINGER 0 turns close() into a TCP RST; detach() so nothing sends a FIN first
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            os.close(self.connection.detach())
-            self.close_connection = True
-            return
-        self.send_response(r.status)
-        for name, value in r.headers.items():
-            self.send_header(name, value)
-        if r.events is None:
-            self.send_header("content-length", str(len(r.body)))
-            self.end_headers()
-            self.wfile.write(r.body if r.cut_after is None else r.body[: len(r.body) // 2])
-        else:
-            self.send_header("content-type", "text/event-stream; charset=utf-8")
-            self.send_header("cache-control", "no-cache")
-            self.send_header("transfer-encoding", "chunked")
-            self.end_headers()
-            frames = r.events if r.cut_after is None else r.events[: r.cut_after]
-            tail = b"" if r.cut_after is not None else b"0\r\n\r\n"
-            if r.delta_delay_s <= 0 and r.stall_after is None:  # one syscall for the whole stream
-                self.wfile.write(b"".join(_chunk(f) for f, _ in frames) + tail)
-            else:
-                for i, (frame, is_delta) in enumerate(frames):
-                    if i == r.stall_after:
-                        time.sleep(r.stall_s)
-                    if is_delta and r.delta_delay_s > 0:
-                        time.sleep(r.delta_delay_s)
-                    self.wfile.write(_chunk(frame))
-                self.wfile.write(tail)
-        if r.cut_after is not None:
-            self._drop()
 
 
 def main(argv: list[str] | None = None) -> int:
