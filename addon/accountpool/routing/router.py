@@ -53,9 +53,9 @@ USAGE_SCAN_LIMIT = 8 * 1024 * 1024
 SILENCE_CHECK_MAX_S = 5.0
 """Streams are checked for silence this often at most (a quarter of `header_timeout_s` when that is shorter)."""
 OVERLOAD_LOG_EVERY_S = 10.0
+"""Out of file descriptors comes in bursts: one warning per this many seconds, not one per request."""
 CAPACITY_RECHECK_S = 1.0
 """A request waiting for file descriptors tries again at least this often."""
-"""Out of file descriptors comes in bursts: one warning per this many seconds, not one per request."""
 INFLIGHT_AFTER_S = 0.2
 """A request appears in `inflight` (the dashboard's "in flight" list) once it has run this long."""
 TRIAL_WAIT_S = TRIAL_RECHECK_S
@@ -326,10 +326,8 @@ class Router:
         classes = {s.account_id: self.view.health_of(s.account_id).cooldown_class or ""
                    for s in skipped if s.reason == "cooldown"}
         earliest = earliest_available(skipped, now, classes)
-        # The wait budget is per request: a second wait (its chosen account failed after the first) uses what is left.
         waited_before = run.wait_deadline > 0
-        wait_left = run.wait_deadline - mono if waited_before else self.config.max_wait_s
-        why = refusal(earliest, now=now, wait_left_s=wait_left, waiting=len(self.queue),
+        why = refusal(earliest, now=now, wait_left_s=self._wait_left(run, mono), waiting=len(self.queue),
                       max_waiting=self.config.max_waiting, queued=waited_before)
         if why is not None or earliest is None:
             if waited_before:
@@ -350,9 +348,7 @@ class Router:
         if run.waiter is not None:
             self.queue.done_turn(run.waiter)
         mono = time.monotonic()
-        waited_before = run.wait_deadline > 0
-        wait_left = run.wait_deadline - mono if waited_before else self.config.max_wait_s
-        if wait_left <= 0 or (run.waiter is None and len(self.queue) >= self.config.max_waiting):
+        if self._wait_left(run, mono) <= 0 or (run.waiter is None and len(self.queue) >= self.config.max_waiting):
             return False
         self._enter_queue(run, mono)
         self._capacity_waiters += 1
@@ -361,6 +357,11 @@ class Router:
                                          give_up_at=run.wait_deadline)
         finally:
             self._capacity_waiters -= 1
+
+    def _wait_left(self, run: Run, mono: float) -> float:
+        """The wait budget is per request: a second wait (for another account, or for descriptors) uses what is
+        left of `pool_max_wait`."""
+        return run.wait_deadline - mono if run.wait_deadline > 0 else self.config.max_wait_s
 
     def _enter_queue(self, run: Run, mono: float) -> None:
         if run.waiter is None:
