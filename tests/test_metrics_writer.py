@@ -69,6 +69,63 @@ def test_many_submits_become_few_transactions(writer: MetricsWriter, db_path: Pa
     assert 1 <= writer.batches <= 10, writer.batches
 
 
+class CountingConnection(sqlite3.Connection):
+    """Counts the statements sent to SQLite: each is one release and re-take of the GIL on the writer thread."""
+
+    statements: list[str]
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        self.statements.append(sql)
+        return super().execute(sql, parameters)
+
+
+@pytest.mark.parametrize(("rows", "limit", "sizes"), [
+    (150, None, [64, 64, 16, 4, 2]),  # full statements, then the rest as powers of two
+    (64, None, [64]),
+    (1, None, [1]),
+    (0, None, []),
+    (150, 999, [64, 64, 16, 4, 2]),  # SQLite before 3.32: 999 variables, 64 rows of 8 columns fit
+    (150, 200, [16, 16, 16, 16, 16, 16, 16, 16, 16, 4, 2]),  # a build with a lower limit: 16 rows of 8
+])
+def test_rows_go_in_a_few_multi_row_statements(tmp_path: Path, rows: int, limit: int | None,
+                                               sizes: list[int]) -> None:
+    schema.connect(tmp_path / "pool.db").conn.close()
+    conn = sqlite3.connect(tmp_path / "pool.db", factory=CountingConnection, isolation_level=None)
+    conn.statements = []
+    if limit is not None:
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)
+    attempts = [attempt_row(i) for i in range(rows)]
+    metrics_writer.insert_rows(conn, "INSERT OR REPLACE", "attempts", attempts)
+    assert [sql.count("(?, ") for sql in conn.statements] == sizes
+    got = conn.execute('select request_id, n, account_id, status, "class", ms, refreshed, started_at '
+                       "from attempts order by rowid").fetchall()
+    assert got == [tuple(a.values()) for a in attempts]
+    conn.close()
+
+
+def test_multi_row_statements_keep_per_row_conflict_rules(tmp_path: Path) -> None:
+    """OR IGNORE keeps the first of two rows with one id, even inside one statement; rows with different
+    column sets go in separately; the rollup triggers see every row; deletes take lists of keys."""
+    db = schema.connect(tmp_path / "pool.db")
+    conn = db.conn
+    t = time.time()
+    rows = [request_row(i, started_at=t) for i in range(40)]
+    rows.append({**request_row(3, started_at=t), "outcome": "upstream_error"})  # same id as row 3
+    rows.append({**request_row("tokens", started_at=t), "output_tokens": 7})  # one more column
+    metrics_writer.insert_rows(conn, "INSERT OR IGNORE", "requests", rows)
+    assert conn.execute("select count(*) from requests").fetchone()[0] == 41
+    assert conn.execute("select outcome from requests where id = 'req_3'").fetchone()[0] == "ok"
+    assert conn.execute("select output_tokens from requests where id = 'req_tokens'").fetchone()[0] == 7
+    assert conn.execute("select requests, output_tokens from request_minute_stats "
+                        "where dim = 'all'").fetchone() == (41, 7)
+    metrics_writer.insert_rows(conn, "INSERT OR REPLACE", "inflight",
+                               [inflight_row(f"req_{i}", pid=1) for i in range(70)])
+    metrics_writer.delete_rows(conn, "inflight", "request_id", [f"req_{i}" for i in range(0, 70, 2)])
+    assert [r for (r,) in conn.execute("select request_id from inflight order by rowid")] == [
+        f"req_{i}" for i in range(1, 70, 2)]
+    db.close()
+
+
 def test_flush_waits_for_the_rows(db_path: Path) -> None:
     w = MetricsWriter(db_path, flush_interval=1.0)
     w.start()

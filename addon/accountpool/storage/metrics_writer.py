@@ -16,6 +16,7 @@ no longer a live process when it starts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
@@ -220,7 +221,7 @@ class MetricsWriter:
                 live = [row for row in inflight.values() if row is not None]
                 insert_rows(conn, "INSERT OR REPLACE", "inflight", live)
                 if gone:
-                    conn.executemany("DELETE FROM inflight WHERE request_id = ?", [(rid,) for rid in gone])
+                    delete_rows(conn, "inflight", "request_id", gone)
                 samples: list[dict[str, Any]] = []
                 if health:
                     store.save_health(db, list(health.values()))
@@ -292,20 +293,53 @@ class MetricsWriter:
             log.warning("metrics: could not clear this process's in-flight rows (%s)", exc)
 
 
+ROWS_PER_STATEMENT = 64
+"""Rows per multi-row statement. A batch of n rows takes n // 64 full statements plus one per set bit of the
+rest (32, 16, …, 1): at most seven statement shapes per column set stay in the statement cache."""
+
+
 def insert_rows(conn: sqlite3.Connection, verb: str, table: str, rows: list[dict[str, Any]]) -> None:
-    """One prepared statement per column set, `executemany` over the rows.
+    """Multi-row `INSERT … VALUES (…), (…), …` statements, a handful per batch instead of one per row.
 
     sqlite-utils owns the schema (migrations); on this per-batch path its `insert_all` spent more
-    CPU per row than the insert itself (column detection and SQL building for every chunk, on the
-    thread that shares the GIL with mitmproxy's event loop), so rows go in with plain SQL.
+    CPU per row than the insert itself (column detection and SQL building for every chunk), so rows go
+    in with plain SQL. Few statements, not `executemany`: the sqlite3 module lets go of the GIL around
+    every statement step and takes it back after, and each take-back from mitmproxy's busy event loop is
+    a forced thread switch on both sides. One step per row cost the proxy's loop as much CPU as the
+    insert itself (benchmarks/README.md, issue 14, fourth pass).
     """
     by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
     for row in rows:
         by_columns.setdefault(tuple(row), []).append(tuple(row.values()))
     for columns, values in by_columns.items():
-        names = ", ".join(f'"{c}"' for c in columns)
-        marks = ", ".join("?" * len(columns))
-        conn.executemany(f'{verb} INTO "{table}" ({names}) VALUES ({marks})', values)
+        for start, n in _statement_slices(conn, len(values), len(columns)):
+            conn.execute(_insert_sql(verb, table, columns, n), [v for row in values[start:start + n] for v in row])
+
+
+def delete_rows(conn: sqlite3.Connection, table: str, column: str, keys: list[Any]) -> None:
+    """`DELETE … WHERE column IN (…)` in as few statements as `insert_rows` uses, for the same reason."""
+    for start, n in _statement_slices(conn, len(keys), 1):
+        conn.execute(f'DELETE FROM "{table}" WHERE "{column}" IN ({", ".join("?" * n)})', keys[start:start + n])
+
+
+def _statement_slices(conn: sqlite3.Connection, total: int, per_row: int) -> list[tuple[int, int]]:
+    """(start, rows) of each statement: full ones of up to ROWS_PER_STATEMENT rows, then powers of two."""
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // max(1, per_row)  # 999 before SQLite 3.32
+    most = 1 << (max(1, min(ROWS_PER_STATEMENT, limit)).bit_length() - 1)
+    slices, start = [], 0
+    while start < total:
+        left = total - start
+        n = most if left >= most else 1 << (left.bit_length() - 1)
+        slices.append((start, n))
+        start += n
+    return slices
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_sql(verb: str, table: str, columns: tuple[str, ...], n_rows: int) -> str:
+    names = ", ".join(f'"{c}"' for c in columns)
+    marks = "(" + ", ".join("?" * len(columns)) + ")"
+    return f'{verb} INTO "{table}" ({names}) VALUES ' + ", ".join([marks] * n_rows)
 
 
 def pid_alive(pid: int) -> bool:
