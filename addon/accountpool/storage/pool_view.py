@@ -63,6 +63,11 @@ class PoolView:
             fresh = store.load_health(self.db)
             self.health = {aid: merge_health(self.health.get(aid), h) for aid, h in fresh.items()} | {
                 aid: h for aid, h in self.health.items() if aid not in fresh}
+            for account in self.accounts:
+                # Every account has an entry, so selection never builds a blank one per request (an account
+                # that has not answered yet: a pydantic model for each of them, on every request).
+                if account.id not in self.health:
+                    self.health[account.id] = AccountHealth(account_id=account.id)
             try:
                 self.settings = store.load_settings(self.db, self.setting_defaults)
             except ValueError as exc:
