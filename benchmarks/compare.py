@@ -6,7 +6,10 @@ The three run side by side and take turns cell by cell (bare, before, after for 
 round), so a machine that gets busier or quieter affects all three alike; the figures are medians
 over the rounds. "before" is a detached `git worktree` of the given revision under `out/`, loaded
 through PYTHONPATH so its own `accountpool` package is the one mitmdump imports. CPU is utime +
-stime of each mitmdump (all threads) from `/proc`, divided by the requests it answered.
+stime of each mitmdump (all threads) from `/proc`, divided by the requests it answered; the main
+thread's share (mitmproxy's event loop, where the hooks and the relay run) is shown apart from the
+other threads' (the metrics writer). Each addon has a pool of its own: two writers sharing one
+`pool.db` would make each reload its pool view on the other's commits.
 """
 
 from __future__ import annotations
@@ -19,7 +22,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, cpu_seconds, machine, make_pool, run_loadgen, scratch_dir, simulator, start_addon, start_bare
+from common import (
+    ROOT,
+    cpu_seconds,
+    machine,
+    main_thread_cpu_seconds,
+    make_pool,
+    run_loadgen,
+    scratch_dir,
+    simulator,
+    start_addon,
+    start_bare,
+)
 
 
 def worktree(rev: str, out: Path) -> Path:
@@ -47,37 +61,42 @@ def main() -> int:
     before_src = worktree(args.before, work.parent) / "addon"
     print(f"machine: {info['nproc']} cores, {info['cpu']}, load average {info['loadavg_at_start']}; "
           f"before = {args.before} ({before_src.parent.name})", flush=True)
-    cells: dict[tuple[str, int, int, str], list[tuple[float, float]]] = {}
+    cells: dict[tuple[str, int, int, str], list[tuple[float, float, float]]] = {}
     with simulator(work) as sim:
-        pool = make_pool(work, sim.url)
-        targets = [start_bare(work, sim.url), start_addon(work, sim.url, pool, source=before_src, name="before"),
-                   start_addon(work, sim.url, pool, name="after")]
+        pools = {}
+        for name in ("before", "after"):
+            (work / name).mkdir()
+            pools[name] = make_pool(work / name, sim.url)
+        targets = [start_bare(work, sim.url),
+                   start_addon(work, sim.url, pools["before"], source=before_src, name="before"),
+                   start_addon(work, sim.url, pools["after"], name="after")]
         try:
             for rnd in range(args.rounds):
                 for kind, conc, deltas in scenarios:
                     tokens = {"x-sim-deltas": str(deltas), "x-sim-delta-delay-ms": "1"} if deltas else None
                     for px in targets:
-                        cpu0 = cpu_seconds(px.proc.pid)
+                        cpu0, main0 = cpu_seconds(px.proc.pid), main_thread_cpu_seconds(px.proc.pid)
                         res = run_loadgen(px.port, px.auth, kind=kind, concurrency=conc, duration=args.seconds,
                                           warmup=0.5, extra_headers=tokens)
                         cpu = cpu_seconds(px.proc.pid) - cpu0
-                        total = res["total_sent"]
+                        main = main_thread_cpu_seconds(px.proc.pid) - main0
+                        total = max(1, res["total_sent"])
                         cells.setdefault((kind, conc, deltas, px.name), []).append(
-                            (res["rps"], 1000 * cpu / total if total else 0.0))
+                            (res["rps"], 1000 * cpu / total, 1000 * main / total))
                 print(f"round {rnd + 1}/{args.rounds} done", flush=True)
         finally:
             for px in targets:
                 px.proc.stop()
-    print("\n| scenario | bare CPU ms/req | before | after | CPU ÷ bare before → after | req/s ÷ bare before → after |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("\n| scenario | bare CPU ms/req | before | after | after: main thread + others | "
+          "CPU ÷ bare before → after | req/s ÷ bare before → after |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for kind, conc, deltas in scenarios:
-        med = {name: (statistics.median(r for r, _ in cells[(kind, conc, deltas, name)]),
-                      statistics.median(c for _, c in cells[(kind, conc, deltas, name)]))
+        med = {name: [statistics.median(cell[i] for cell in cells[(kind, conc, deltas, name)]) for i in range(3)]
                for name in ("bare", "before", "after")}
-        (brps, bcpu), (xrps, xcpu), (arps, acpu) = med["bare"], med["before"], med["after"]
+        (brps, bcpu, _), (xrps, xcpu, _), (arps, acpu, amain) = med["bare"], med["before"], med["after"]
         label = f"{kind} c={conc}" + (f", {deltas} tokens" if deltas else "")
-        print(f"| {label} | {bcpu:.2f} | {xcpu:.2f} | {acpu:.2f} | {xcpu / bcpu:.2f} → {acpu / bcpu:.2f} | "
-              f"{xrps / brps:.2f} → {arps / brps:.2f} |")
+        print(f"| {label} | {bcpu:.2f} | {xcpu:.2f} | {acpu:.2f} | {amain:.2f} + {acpu - amain:.2f} | "
+              f"{xcpu / bcpu:.2f} → {acpu / bcpu:.2f} | {xrps / brps:.2f} → {arps / brps:.2f} |")
     return 0
 
 
