@@ -181,3 +181,25 @@ async def test_buffered_responder_refuses_to_hold_more_than_its_limit():
     assert (whole.status, bytes(whole.body), whole.finished, whole.cut) == (404, b"{}", True, False)
     whole.abort()
     assert whole.cut
+
+
+def test_relay_tickets_expire_and_a_burst_does_not_rescan_the_live_ones(monkeypatch):
+    from accountpool.proxy import relay as relay_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(relay_module.time, "monotonic", lambda: clock[0])
+    relay = relay_module.Relay(router=None)  # type: ignore[arg-type]
+    forgotten = relay.admit(_admitted({"model": "m"}, stream=True))  # its client left before the relay read it
+    clock[0] += relay_module.TICKET_TTL_S + 1
+    scans = []
+    # A burst the relay has not picked up yet: 5,000 live tickets.
+    live = []
+    for _ in range(5_000):
+        before = relay._tickets
+        live.append(relay.admit(_admitted({"model": "m"}, stream=True)))
+        if relay._tickets is not before:
+            scans.append(len(relay._tickets))
+    assert forgotten not in relay._tickets  # expired, pruned at the first scan
+    assert all(t in relay._tickets for t in live)
+    # The bound doubles with what stays live: a handful of scans, not one per admission past 1,000.
+    assert len(scans) <= 4, scans

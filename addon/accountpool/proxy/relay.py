@@ -27,6 +27,7 @@ from accountpool.routing.router import WHOLE_READ_LIMIT, Router
 
 __all__ = ["TICKET_HEADER", "BufferedResponder", "Relay", "answers_whole"]
 TICKET_TTL_S = 120.0
+TICKETS_PRUNE_FLOOR = 1000
 
 
 def answers_whole(admitted: Admitted) -> bool:
@@ -97,6 +98,7 @@ class Relay:
         self.router = router
         self._server = RelayServer(self.handle)
         self._tickets: dict[str, tuple[float, Admitted]] = {}
+        self._prune_above = TICKETS_PRUNE_FLOOR
         self.ready = self._server.ready
 
     @property
@@ -111,8 +113,12 @@ class Relay:
 
     def admit(self, admitted: Admitted) -> str:
         now = time.monotonic()
-        if len(self._tickets) > 1000:
+        if len(self._tickets) > self._prune_above:
+            # Tickets of clients that left before the relay read them expire here. The bound doubles with what
+            # is still live: a burst of thousands of streams admitted faster than the relay picks them up must not
+            # rescan every live ticket on every admission (quadratic in the burst).
             self._tickets = {t: v for t, v in self._tickets.items() if v[0] > now}
+            self._prune_above = max(TICKETS_PRUNE_FLOOR, 2 * len(self._tickets))
         ticket = secrets.token_urlsafe(18)
         self._tickets[ticket] = (now + TICKET_TTL_S, admitted)
         return ticket
