@@ -138,3 +138,28 @@ def test_usage_from_wham():
 def test_usage_from_wham_tolerates_missing(body):
     obs = usage_from_wham(body, NOW)
     assert obs.primary is None and obs.secondary is None
+
+
+def test_carries_windows_looks_for_codex_windows_only():
+    from accountpool.upstream.usage_headers import carries_windows
+    from multidict import CIMultiDict
+
+    assert carries_windows(CIMultiDict({"X-Codex-Primary-Used-Percent": "12"}))
+    assert carries_windows(CIMultiDict({"x-codex-secondary-window-minutes": "10080"}))
+    assert not carries_windows(CIMultiDict({"x-ratelimit-remaining-requests": "4999", "content-type": "x"}))
+
+
+def test_same_windows_ignores_reset_times_and_missing_windows():
+    from accountpool.models import AccountHealth
+    from accountpool.upstream.usage_headers import same_windows
+
+    health = AccountHealth(account_id="a", primary=UsageWindow(used_percent=40.0, window_minutes=300, reset_at=1.0),
+                           secondary=UsageWindow(used_percent=5.0, window_minutes=10_080, reset_at=2.0))
+    moved = parse_usage_headers({"x-codex-primary-used-percent": "40", "x-codex-primary-window-minutes": "300",
+                                 "x-codex-primary-reset-after-seconds": "100"}, now=1000.0)
+    assert same_windows(moved, health)  # only the reset time moved (and no weekly window in this answer)
+    risen = parse_usage_headers({"x-codex-primary-used-percent": "41", "x-codex-primary-window-minutes": "300"}, 0.0)
+    assert not same_windows(risen, health)
+    weekly = parse_usage_headers({"x-codex-secondary-used-percent": "5", "x-codex-secondary-window-minutes": "300"},
+                                 0.0)
+    assert not same_windows(weekly, health)  # same used %, another window length

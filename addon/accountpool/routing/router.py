@@ -41,7 +41,7 @@ from accountpool.upstream.oauth import RefreshError
 from accountpool.upstream.sse_usage import StreamWatcher, TokenUsage, usage_from_json_body
 from accountpool.upstream.token_rotation import access_expiry, rotate_tokens
 from accountpool.upstream.upstream_client import LocalLimitError, UpstreamClient, UpstreamError, UpstreamResponse
-from accountpool.upstream.usage_headers import parse_usage_headers
+from accountpool.upstream.usage_headers import carries_windows, parse_usage_headers, same_windows
 
 log = logging.getLogger("accountpool.router")
 
@@ -49,6 +49,11 @@ ERROR_BODY_LIMIT = 1024 * 1024
 HOLD_LIMIT = 256 * 1024
 WHOLE_READ_LIMIT = 64 * 1024 * 1024
 USAGE_REFRESH_S = 1.0
+"""An account's `x-ratelimit-*` counters are stored at most this often, and its Codex windows as often only
+while their used % and length stay as they were. `x-ratelimit-remaining-*` moves with every answer and steers no
+choice (the dashboard and the forecasts show it), so storing it for every answer cost a header parse, a health
+copy and a write per request (3-7 % of a short answer's CPU, benchmarks/README.md) for a second's freshness. A
+window's used % does steer routing (order, the sequential threshold): a change is taken from the very answer."""
 USAGE_SCAN_LIMIT = 8 * 1024 * 1024
 SILENCE_CHECK_MAX_S = 5.0
 """Streams are checked for silence this often at most (a quarter of `header_timeout_s` when that is shorter)."""
@@ -663,12 +668,13 @@ class Router:
 
     def _observe_usage(self, account: Account, headers: Mapping[str, str]) -> None:
         now = time.time()
-        obs = parse_usage_headers(headers, now)
         h = self.view.health_of(account.id)
-        if now - (h.last_used_at or 0) < USAGE_REFRESH_S and (obs is None or (
-                obs.primary in (None, h.primary) and obs.secondary in (None, h.secondary)
-                and obs.ratelimit in (None, h.ratelimit))):
-            return  # nothing new within the last second: spare the copy and the write
+        recent = now - (h.last_used_at or 0) < USAGE_REFRESH_S
+        if recent and not carries_windows(headers):
+            return  # `x-ratelimit-*` only, read less than a second ago (USAGE_REFRESH_S says why)
+        obs = parse_usage_headers(headers, now)
+        if recent and (obs is None or same_windows(obs, h)):
+            return  # the windows' used % and length are as last seen; only their reset times moved with the clock
         update: dict[str, Any] = {"last_used_at": now}
         if obs is not None:
             if obs.primary is not None:

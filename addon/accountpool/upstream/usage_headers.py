@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from accountpool.models import RateLimitObservation, UsageWindow
+from accountpool.models import AccountHealth, RateLimitObservation, UsageWindow
 
 CODEX_PREFIXES = {"primary": "x-codex-primary-", "secondary": "x-codex-secondary-"}
 """Header prefixes of the two Codex usage windows (5-hour primary, weekly secondary)."""
@@ -151,6 +151,22 @@ def parse_usage_headers(headers: Mapping[str, str], now: float) -> UsageObservat
     if primary is None and secondary is None and limits is None:
         return None
     return UsageObservation.model_construct(primary=primary, secondary=secondary, ratelimit=limits, seen_at=now)
+
+
+def carries_windows(headers: Mapping[str, str]) -> bool:
+    """Whether an answer reports Codex usage windows; `headers` must match names case-insensitively (aiohttp's
+    do). A cheap look before any parse: most answers of API keys carry `x-ratelimit-*` only."""
+    return any(prefix + "used-percent" in headers or prefix + "window-minutes" in headers
+               for prefix in CODEX_PREFIXES.values())
+
+
+def same_windows(obs: UsageObservation, health: AccountHealth) -> bool:
+    """Whether an observation's windows say what the account's health already says: used % and length.
+
+    Their reset times are left out: a relative `reset-after-seconds` gives a new absolute time with every answer."""
+    return all(
+        new is None or (new.used_percent, new.window_minutes) == (old.used_percent, old.window_minutes)
+        for new, old in ((obs.primary, health.primary), (obs.secondary, health.secondary)))
 
 
 def _wham_window(raw: Any, now: float) -> UsageWindow | None:
