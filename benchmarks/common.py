@@ -167,6 +167,18 @@ def start_bare(workdir: Path, sim_url: str, *, prefix: list[str] | None = None, 
     return Proxy(name, proc, port, f"Bearer {BARE_KEY}")
 
 
+def start_floor(workdir: Path, sim_url: str) -> Proxy:
+    """mitmdump -s `floor_addon.py`: the addon's design (whole answers from the hook, streams over the relay hop,
+    the credential on its own connection) without the product's work; see that file."""
+    port = free_port()
+    log = workdir / f"mitmdump-floor-{port}.log"
+    args = [*mitmdump_args(port, sim_url, workdir / "conf"), "-s", str(HERE / "floor_addon.py"),
+            "--set", f"floor_key={SIM_KEYS[0]}"]
+    proc = Proc(args, log, env={"PYTHONPATH": str(ROOT / "addon")})
+    wait_for_port(port, proc.proc, log=log)
+    return Proxy("floor", proc, port, f"Bearer {BARE_KEY}")
+
+
 def start_addon(workdir: Path, sim_url: str, pool: PoolFiles, *, prefix: list[str] | None = None,
                 extra: list[str] | None = None, source: Path | None = None, name: str = "addon") -> Proxy:
     """mitmdump -s the addon: client keys on (the default), metrics on (they always are).

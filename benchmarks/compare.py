@@ -33,6 +33,7 @@ from common import (
     simulator,
     start_addon,
     start_bare,
+    start_floor,
 )
 
 
@@ -49,6 +50,8 @@ def worktree(rev: str, out: Path) -> Path:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", required=True, help="git revision to compare against (e.g. a commit id)")
+    p.add_argument("--floor", action="store_true",
+                   help="also run floor_addon.py: the design's floor, without the product's work")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--scenarios", default="json:8,json:64,sse:8,sse:64",
@@ -69,7 +72,8 @@ def main() -> int:
             pools[name] = make_pool(work / name, sim.url)
         targets = [start_bare(work, sim.url),
                    start_addon(work, sim.url, pools["before"], source=before_src, name="before"),
-                   start_addon(work, sim.url, pools["after"], name="after")]
+                   start_addon(work, sim.url, pools["after"], name="after"),
+                   *([start_floor(work, sim.url)] if args.floor else [])]
         try:
             for rnd in range(args.rounds):
                 for kind, conc, deltas in scenarios:
@@ -87,16 +91,22 @@ def main() -> int:
         finally:
             for px in targets:
                 px.proc.stop()
+    floor = " floor CPU ms/req | floor ÷ bare | after ÷ floor |" if args.floor else ""
     print("\n| scenario | bare CPU ms/req | before | after | after: main thread + others | "
-          "CPU ÷ bare before → after | req/s ÷ bare before → after |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          f"CPU ÷ bare before → after | req/s ÷ bare before → after |{floor}")
+    print("|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if args.floor else ""))
+    names = ("bare", "before", "after", *(("floor",) if args.floor else ()))
     for kind, conc, deltas in scenarios:
         med = {name: [statistics.median(cell[i] for cell in cells[(kind, conc, deltas, name)]) for i in range(3)]
-               for name in ("bare", "before", "after")}
+               for name in names}
         (brps, bcpu, _), (xrps, xcpu, _), (arps, acpu, amain) = med["bare"], med["before"], med["after"]
         label = f"{kind} c={conc}" + (f", {deltas} tokens" if deltas else "")
-        print(f"| {label} | {bcpu:.2f} | {xcpu:.2f} | {acpu:.2f} | {amain:.2f} + {acpu - amain:.2f} | "
-              f"{xcpu / bcpu:.2f} → {acpu / bcpu:.2f} | {xrps / brps:.2f} → {arps / brps:.2f} |")
+        row = (f"| {label} | {bcpu:.2f} | {xcpu:.2f} | {acpu:.2f} | {amain:.2f} + {acpu - amain:.2f} | "
+               f"{xcpu / bcpu:.2f} → {acpu / bcpu:.2f} | {xrps / brps:.2f} → {arps / brps:.2f} |")
+        if args.floor:
+            fcpu = med["floor"][1]
+            row += f" {fcpu:.2f} | {fcpu / bcpu:.2f} | {acpu / fcpu:.2f} |"
+        print(row)
     return 0
 
 
