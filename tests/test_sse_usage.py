@@ -266,3 +266,51 @@ def test_watcher_cheap_on_deltas(monkeypatch):
     w.feed(delta * 500)
     assert calls == []
     assert w.events_seen == 500
+
+
+def delta(text: str) -> bytes:
+    return sse("response.output_text.delta", {"type": "response.output_text.delta", "delta": text})
+
+
+@pytest.mark.parametrize("step", [1, 7, 64, 100_000])
+def test_watch_after_commit_sees_what_feed_sees(step):
+    """The router's after-commit `watch` may pass delta-only chunks over; everything that matters still lands."""
+    head = responses_stream()[: responses_stream().index(b"event: response.output_text.delta")]
+    tail = (delta("an error in the text is content") + delta("more") * 3 + delta("x") + sse(
+        "response.completed", {"type": "response.completed",
+                               "response": {"model": "gpt-5.5-2025", "usage": RESPONSES_USAGE}}))
+    w = StreamWatcher()
+    feed_all(w, head + delta("first"), 100_000)  # the read-ahead up to the first content
+    for i in range(0, len(tail), step):
+        w.watch(tail[i : i + step])
+    assert w.usage == EXPECTED and w.saw_terminal and w.inband_error is None
+    assert w.model == "gpt-5.5-2025"
+
+
+def test_watch_catches_a_failure_coalesced_with_deltas_and_skips_only_whole_deltas():
+    from accountpool.upstream.sse_usage import _only_deltas
+
+    assert _only_deltas(delta("a")) and _only_deltas(delta("a") + delta("b"))
+    assert not _only_deltas(delta("a")[:-1])  # ends mid-event
+    assert not _only_deltas(delta("a") + sse("error", {"type": "error", "message": "x"}))
+    assert not _only_deltas(sse(None, {"type": "response.output_text.delta", "delta": "a"}))  # data-only stream
+    assert not _only_deltas(delta("a").replace(b"\n", b"\r\n"))
+
+    w = StreamWatcher()
+    w.feed(responses_stream()[: responses_stream().index(b"event: response.completed")])
+    assert w.first_content_seen and w.model == "gpt-5.5"
+    w.watch(delta("partial")[:20])  # the scanner now holds half an event: the next chunk must be parsed
+    w.watch(delta("partial")[20:] + delta("b"))
+    failed = sse("response.failed", {"type": "response.failed",
+                                     "response": {"error": {"code": "server_error", "message": "boom"}}})
+    w.watch(delta("c") + failed)
+    assert w.saw_terminal and w.inband_error is not None
+
+
+def test_watch_parses_a_delta_chunk_that_follows_half_an_event():
+    w = StreamWatcher()
+    w.feed(responses_stream()[: responses_stream().index(b"event: response.completed")])
+    w.watch(b"data: {}\n")  # half an event (its blank line is still to come) ...
+    assert not w._scanner.idle
+    w.watch(delta("b"))  # ... so this chunk, whole deltas by itself, continues it and must go through the scanner
+    assert w._scanner.idle

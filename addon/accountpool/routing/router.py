@@ -533,7 +533,7 @@ class Router:
                 async for chunk in chunks:
                     run.chunks_seen += 1
                     if watcher is not None:
-                        watcher.feed(chunk)
+                        watcher.watch(chunk)
                     elif body_copy is not None and len(body_copy) < USAGE_SCAN_LIMIT:
                         body_copy += chunk
                     await self._forward(run, responder, shaper.feed(chunk))

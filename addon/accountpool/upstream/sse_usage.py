@@ -41,6 +41,11 @@ class SseScanner:
         self._parts: list[bytes] = []
         self._pending_cr = False
 
+    @property
+    def idle(self) -> bool:
+        """No part of an event is pending: the next chunk starts at an event boundary."""
+        return not self._parts and not self._pending_cr
+
     def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
         """Return the events completed by this chunk as (event name, data) pairs.
 
@@ -177,6 +182,17 @@ def usage_from_json_body(body: bytes) -> TokenUsage | None:
     return _find_usage(body)
 
 
+def _only_deltas(chunk: bytes) -> bool:
+    """Whether a chunk is whole events only, each named `*.delta` on its first line."""
+    if not chunk.startswith(b"event: ") or not chunk.endswith(b"\n\n") or b"\r" in chunk:
+        return False
+    for event in chunk[:-2].split(b"\n\n"):
+        end = event.find(b"\n")
+        if not event.startswith(b"event: ") or end < 0 or event[end - 6:end] != b".delta":
+            return False
+    return True
+
+
 def _json_dict(data: bytes) -> dict | None:
     try:
         doc = json.loads(data)
@@ -222,6 +238,18 @@ class StreamWatcher:
             self._observe(name, data)
         self.events_seen += len(events)
         return events
+
+    def watch(self, chunk: bytes) -> None:
+        """`feed` for the chunks after commit, which are nearly all deltas: a chunk of whole `*.delta` events only
+        (by their `event:` lines) is passed over unparsed, about 2 µs an event saved on every token of every
+        stream (a fleet of 5,000 streams carries 25,000 a second, benchmarks/README.md).
+
+        What such a chunk could change is settled by then: content was seen and the model is known, and a delta
+        carries no usage, no failure and no end. Anything else (other events, data-only streams such as Chat
+        Completions, a chunk that ends mid-event or follows one) is parsed."""
+        if self.first_content_seen and self.model is not None and self._scanner.idle and _only_deltas(chunk):
+            return
+        self.feed(chunk)
 
     def _observe(self, name: str, data: bytes) -> None:
         kind = _event_type(name, data)
