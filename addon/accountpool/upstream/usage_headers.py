@@ -156,8 +156,11 @@ def parse_usage_headers(headers: Mapping[str, str], now: float) -> UsageObservat
 def carries_windows(headers: Mapping[str, str]) -> bool:
     """Whether an answer reports Codex usage windows; `headers` must match names case-insensitively (aiohttp's
     do). A cheap look before any parse: most answers of API keys carry `x-ratelimit-*` only."""
-    return any(prefix + "used-percent" in headers or prefix + "window-minutes" in headers
-               for prefix in CODEX_PREFIXES.values())
+    return any(name in headers for name in _WINDOW_NAMES)
+
+
+_WINDOW_NAMES = tuple(prefix + field for prefix in CODEX_PREFIXES.values()
+                      for field in ("used-percent", "window-minutes"))
 
 
 def same_windows(obs: UsageObservation, health: AccountHealth) -> bool:
