@@ -68,6 +68,7 @@ def test_client_keys_off_on_loopback(pool_env, sim):
     ({"pool_max_wait": -1}, "127.0.0.1", "pool_max_wait must be between 0 (off) and 100000"),
     ({"pool_max_waiting": -5}, "127.0.0.1", "pool_max_waiting must be between 0 (off) and 100000"),
     ({"pool_listen_backlog": -1}, "127.0.0.1", "pool_listen_backlog must be between 0 (off) and 100000"),
+    ({"pool_gc_threshold": -1}, "127.0.0.1", "pool_gc_threshold must be between 0 (off) and 100000"),
 ])
 def test_invalid_options_refuse_to_start(pool_env, options, listen_host, message):
     code, output = Mitmdump(pool_env, options=options, listen_host=listen_host).run_to_exit()

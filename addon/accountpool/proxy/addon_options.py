@@ -14,6 +14,7 @@ from typing import Any
 from mitmproxy import exceptions
 
 from accountpool.models import PoolSettings
+from accountpool.proxy.gc_tuning import DEFAULT_YOUNG_THRESHOLD
 from accountpool.storage.paths import default_db_path
 from accountpool.upstream.oauth import DEFAULT_TOKEN_URL
 from accountpool.upstream.upstream_request import DEFAULT_CHATGPT_BASE
@@ -61,6 +62,9 @@ OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
     ("pool_listen_backlog", int, 4096,
      "accept queue of mitmproxy's listening sockets, for bursts of connections (mitmproxy's own: 100; 0 keeps it; "
      "the kernel caps it at net.core.somaxconn)"),
+    ("pool_gc_threshold", int, DEFAULT_YOUNG_THRESHOLD,
+     "allocations between young garbage collections in this process (Python's default: 700), so that thousands "
+     "of open streams do not trigger full collections that stall every stream; 0 keeps Python's"),
     ("pool_fault_inject", str, "", "testing only: 'request_hook' makes the request hook raise"),
 )
 
@@ -103,7 +107,7 @@ def validate(opts: Any, updated: set[str]) -> None:
     for name in ("pool_header_timeout", "pool_connect_timeout", "pool_metrics_flush_ms"):
         if name in updated and getattr(opts, name) <= 0:
             raise exceptions.OptionsError(f"{name} must be positive")
-    for name in ("pool_max_wait", "pool_max_waiting", "pool_listen_backlog"):
+    for name in ("pool_max_wait", "pool_max_waiting", "pool_listen_backlog", "pool_gc_threshold"):
         if name in updated and not 0 <= getattr(opts, name) <= 100_000:
             raise exceptions.OptionsError(f"{name} must be between 0 (off) and 100000")
     if "pool_usage_sweep" in updated and opts.pool_usage_sweep < 0:

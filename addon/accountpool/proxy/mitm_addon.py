@@ -25,7 +25,7 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy.mode_specs import ReverseMode
 from mitmproxy.utils.asyncio_utils import create_task
 
-from accountpool.proxy import addon_options
+from accountpool.proxy import addon_options, gc_tuning
 from accountpool.proxy.client_auth import FailedAuthThrottle, bearer_value, key_fingerprint, proxy_auth_key
 from accountpool.proxy.listen_backlog import deepen_accept_queues
 from accountpool.proxy.relay import TICKET_HEADER, BufferedResponder, Relay, answers_whole
@@ -157,6 +157,8 @@ class AccountPool:
         self._require_keys = True
         self._fault_inject = ""
         self._upstream_hosts: frozenset[str] = frozenset()
+        self._gc_before: tuple[int, int, int] | None = None
+        """The collector's thresholds before the addon raised them (proxy/gc_tuning.py), restored in `done`."""
         """Copies of the options read per request: `ctx.options.x` deep-copies the value on every read."""
 
     # ------------------------------------------------------------ options
@@ -180,6 +182,8 @@ class AccountPool:
                 raise exceptions.OptionsError("pool_db and pool_secrets cannot change while the proxy runs; "
                                               "restart mitmproxy to switch pools")
             self._open_pool()
+        if self.relay is not None and "pool_gc_threshold" in updated:
+            self._tune_collector()
         if self.relay is not None and updated & addon_options.ROUTER_OPTIONS:
             self.relay.router.config = self._router_config()
         if self.view is not None and updated & set(addon_options.COOLDOWN_OPTIONS):
@@ -224,6 +228,7 @@ class AccountPool:
         self.relay = Relay(Router(self.view, self.writer, self._router_config(), self.client))
         _spawn(self.relay.start(), "accountpool-relay")
         self._running.set()
+        self._tune_collector()
         self._deepen_accept_queues()
         if (servers := _proxy_servers()) is not None:
             servers.changed.connect(self._deepen_accept_queues)  # a mode added at run time listens anew
@@ -233,6 +238,14 @@ class AccountPool:
             self.sweeper = UsageSweeper(self.view, self.writer, self.control_client, url=opts.pool_usage_url,
                                         interval_s=opts.pool_usage_sweep)
             _spawn(self.sweeper.run(), "accountpool-usage-sweep")
+
+    def _tune_collector(self) -> None:
+        """Many open streams make CPython's default young-collection threshold stall the loop (proxy/gc_tuning.py)."""
+        gc_tuning.restore(self._gc_before)
+        self._gc_before = gc_tuning.raise_young_threshold(ctx.options.pool_gc_threshold)
+        if self._gc_before is not None:
+            log.debug("accountpool: young garbage-collection threshold raised from %d to %d",
+                      self._gc_before[0], ctx.options.pool_gc_threshold)
 
     def _deepen_accept_queues(self) -> None:
         """mitmproxy listens with a backlog of 100: a burst of agents beyond it is dropped (proxy/listen_backlog.py)."""
@@ -276,6 +289,8 @@ class AccountPool:
                 task = _spawn(_close(self.relay, self.client, self.control_client), "accountpool-close")
         self.relay = self.client = self.control_client = None
         self._stopped = True
+        gc_tuning.restore(self._gc_before)
+        self._gc_before = None
         if self.writer is not None:
             self.writer.stop()
         if self.view is not None:
