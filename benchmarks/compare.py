@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from accountpool.proxy.gc_tuning import DEFAULT_YOUNG_THRESHOLD
 from common import (
     ROOT,
     cpu_seconds,
@@ -52,6 +53,9 @@ def main() -> int:
     p.add_argument("--before", required=True, help="git revision to compare against (e.g. a commit id)")
     p.add_argument("--floor", action="store_true",
                    help="also run floor_addon.py: the design's floor, without the product's work")
+    p.add_argument("--bare-gc", action="store_true",
+                   help="also bare mitmdump with the addon's young GC threshold (and accept queue): what that "
+                        "process setting is worth without the addon")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--scenarios", default="json:8,json:64,sse:8,sse:64",
@@ -73,7 +77,8 @@ def main() -> int:
         targets = [start_bare(work, sim.url),
                    start_addon(work, sim.url, pools["before"], source=before_src, name="before"),
                    start_addon(work, sim.url, pools["after"], name="after"),
-                   *([start_floor(work, sim.url)] if args.floor else [])]
+                   *([start_floor(work, sim.url)] if args.floor else []),
+                   *([start_bare(work, sim.url, gc_threshold=DEFAULT_YOUNG_THRESHOLD)] if args.bare_gc else [])]
         try:
             for rnd in range(args.rounds):
                 for kind, conc, deltas in scenarios:
@@ -92,10 +97,13 @@ def main() -> int:
             for px in targets:
                 px.proc.stop()
     floor = " floor CPU ms/req | floor ÷ bare | after ÷ floor |" if args.floor else ""
+    tuned = " bare+gc CPU ms/req | after ÷ bare+gc CPU, req/s |" if args.bare_gc else ""
     print("\n| scenario | bare CPU ms/req | before | after | after: main thread + others | "
-          f"CPU ÷ bare before → after | req/s ÷ bare before → after |{floor}")
-    print("|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if args.floor else ""))
-    names = ("bare", "before", "after", *(("floor",) if args.floor else ()))
+          f"CPU ÷ bare before → after | req/s ÷ bare before → after |{floor}{tuned}")
+    print("|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if args.floor else "")
+          + ("---:|---:|" if args.bare_gc else ""))
+    names = ("bare", "before", "after", *(("floor",) if args.floor else ()),
+             *(("bare+backlog+gc",) if args.bare_gc else ()))
     for kind, conc, deltas in scenarios:
         med = {name: [statistics.median(cell[i] for cell in cells[(kind, conc, deltas, name)]) for i in range(3)]
                for name in names}
@@ -106,6 +114,9 @@ def main() -> int:
         if args.floor:
             fcpu = med["floor"][1]
             row += f" {fcpu:.2f} | {fcpu / bcpu:.2f} | {acpu / fcpu:.2f} |"
+        if args.bare_gc:
+            grps, gcpu, _ = med["bare+backlog+gc"]
+            row += f" {gcpu:.2f} | {acpu / gcpu:.2f}, {arps / grps:.2f} |"
         print(row)
     return 0
 

@@ -41,6 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from accountpool.proxy.gc_tuning import DEFAULT_YOUNG_THRESHOLD
 from common import HERE, Proc, cpu_seconds, machine, make_pool, rss_kib, scratch_dir, start_addon, start_bare
 
 NOFILE = 65_536
@@ -377,11 +378,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-dashboard", action="store_true")
     p.add_argument("--bare-backlog", action="store_true",
                    help="also bare mitmdump with the addon's deeper accept queue (backlog_only.py)")
+    p.add_argument("--bare-gc", action="store_true",
+                   help="also bare mitmdump with the deeper accept queue and the addon's young GC threshold")
     p.add_argument("--body-kib", type=int, default=0,
                    help="request body of about this many KiB (an agent's conversation so far); default a short one")
     p.add_argument("--open-rate", type=float, default=0.0,
                    help="connections opened per second (default 0: all at once, a burst)")
     p.add_argument("--deadline", type=float, default=300.0, help="client / dashboard time bound, seconds")
+    p.add_argument("--variant", action="append", default=[], metavar="OPTION=VALUE",
+                   help="also the addon with `--set OPTION=VALUE`, on a pool of its own, taking turns with the others "
+                        "(an ablation: e.g. pool_gc_threshold=0 for Python's own collector threshold); repeatable")
     # internal modes: the load generator and the dashboard timer run as their own processes
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--dashboard", help=argparse.SUPPRESS)
@@ -408,15 +414,24 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         pool = make_pool(work, url)
+        pools = {"addon": pool}
         targets = [] if args.bare_only else [start_addon(work, url, pool)]
+        for setting in args.variant:
+            name = f"addon[{setting}]"
+            variant_dir = work / f"variant-{len(pools)}"
+            variant_dir.mkdir()
+            pools[name] = make_pool(variant_dir, url)
+            targets.append(start_addon(variant_dir, url, pools[name], extra=["--set", setting], name=name))
         if not args.addon_only:
             targets.insert(0, start_bare(work, url))
             if args.bare_backlog:
                 targets.insert(1, start_bare(work, url, backlog=True))
+            if args.bare_gc:
+                targets.insert(1 + args.bare_backlog, start_bare(work, url, gc_threshold=DEFAULT_YOUNG_THRESHOLD))
         try:
             for rnd in range(args.rounds):
                 for px in targets:
-                    r = run_target(px, args, pool.db if px.name == "addon" else None, work)
+                    r = run_target(px, args, pools[px.name].db if px.name in pools else None, work)
                     r["round"] = rnd + 1
                     r["loadavg"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
                     results.append(r)
@@ -436,15 +451,15 @@ def main(argv: list[str] | None = None) -> int:
     by = {}
     for r in results:
         by.setdefault(r["name"], []).append(r)
-    for base in ("bare", "bare+backlog"):
-        if base not in by or "addon" not in by:
-            continue
-        b = statistics.median(r["ttfb_p50_ms"] or 0 for r in by[base])
-        a = statistics.median(r["ttfb_p50_ms"] or 0 for r in by["addon"])
-        b95 = statistics.median(r["ttfb_p95_ms"] or 0 for r in by[base])
-        a95 = statistics.median(r["ttfb_p95_ms"] or 0 for r in by["addon"])
-        print(f"\nfirst body byte addon ÷ {base}: p50 {a / b if b else 0:.2f}×, p95 {a95 / b95 if b95 else 0:.2f}× "
-              "(targets: p50 ≤ 1.5× for the fleet, p95 ≤ 1.5× for the 500 burst)")
+    for base in ("bare", "bare+backlog", "bare+backlog+gc"):
+        for name in (n for n in by if n.startswith("addon") and base in by):
+            b = statistics.median(r["ttfb_p50_ms"] or 0 for r in by[base])
+            a = statistics.median(r["ttfb_p50_ms"] or 0 for r in by[name])
+            b95 = statistics.median(r["ttfb_p95_ms"] or 0 for r in by[base])
+            a95 = statistics.median(r["ttfb_p95_ms"] or 0 for r in by[name])
+            print(f"\nfirst body byte {name} ÷ {base}: p50 {a / b if b else 0:.2f}×, "
+                  f"p95 {a95 / b95 if b95 else 0:.2f}× "
+                  "(targets: p50 ≤ 1.5× for the fleet, p95 ≤ 1.5× for the 500 burst)")
     print(f"results: {out}")
     return 0 if all(r["completed"] == r["streams"] for r in results) else 1
 
