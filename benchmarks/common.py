@@ -154,7 +154,7 @@ def mitmdump_args(port: int, sim_url: str, confdir: Path) -> list[str]:
 
 
 def start_bare(workdir: Path, sim_url: str, *, prefix: list[str] | None = None, backlog: bool = False,
-               gc_threshold: int = 0) -> Proxy:
+               gc_threshold: int = 0, extra: list[str] | None = None) -> Proxy:
     """Bare mitmdump in reverse mode. `stream_large_bodies=1` makes it stream every response as the
     addon streams pooled flows (without it bare mitmdump buffers SSE whole, which would flatter the
     addon's time to first byte). `backlog`: plus `backlog_only.py`, the addon's deeper accept queue;
@@ -164,7 +164,8 @@ def start_bare(workdir: Path, sim_url: str, *, prefix: list[str] | None = None, 
     log = workdir / f"mitmdump-{name}-{port}.log"
     tuned = backlog or gc_threshold
     args = [*(prefix or []), *mitmdump_args(port, sim_url, workdir / "conf"), "--set", "stream_large_bodies=1",
-            *(["-s", str(HERE / "backlog_only.py"), "--set", f"bare_gc_threshold={gc_threshold}"] if tuned else [])]
+            *(["-s", str(HERE / "backlog_only.py"), "--set", f"bare_gc_threshold={gc_threshold}"] if tuned else []),
+            *(extra or [])]
     proc = Proc(args, log)
     wait_for_port(port, proc.proc, log=log)
     return Proxy(name, proc, port, f"Bearer {BARE_KEY}")

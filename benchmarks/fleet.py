@@ -254,6 +254,8 @@ def run_target(px: object, args: argparse.Namespace, pool_db: Path | None, work:
                    capture_output=True, check=True, timeout=60)
     time.sleep(1.0)
     rss_idle = rss_kib(pid)
+    gc_file = work / f"gc-{px.name}.json"  # type: ignore[attr-defined]
+    gc0 = _gc_figures(gc_file)
     rows0 = None
     if pool_db is not None:
         with sqlite3.connect(f"file:{pool_db}?mode=ro", uri=True, timeout=5) as c:
@@ -276,7 +278,7 @@ def run_target(px: object, args: argparse.Namespace, pool_db: Path | None, work:
                          capture_output=True, text=True, timeout=deadline + 60, check=False)
     cpu = cpu_seconds(pid) - cpu0
     overflows = listen_overflows() - overflows0
-    time.sleep(1.0)  # the last rows: one flush interval and then some
+    time.sleep(1.2)  # the last rows: one flush interval and then some; gc_stats.py writes once a second
     sampler.stop.set()
     sampler.join(5)
     stop_file.write_text("")
@@ -284,6 +286,10 @@ def run_target(px: object, args: argparse.Namespace, pool_db: Path | None, work:
         raise RuntimeError(f"client failed: {out.stderr[-2000:]}")
     res = json.loads(out.stdout)
     res["name"] = px.name  # type: ignore[attr-defined]
+    if gc0 is not None and (gc1 := _gc_figures(gc_file)) is not None:
+        res["gc"] = {"collections": [b - a for a, b in zip(gc0["collections"], gc1["collections"], strict=True)],
+                     "seconds": [round(b - a, 3) for a, b in zip(gc0["seconds"], gc1["seconds"], strict=True)],
+                     "threshold": gc1["threshold"]}
     res["mitmdump_cpu_s"] = round(cpu, 2)
     res["listen_overflows"] = overflows
     res["rss_idle_kib"] = rss_idle
@@ -332,6 +338,14 @@ def run_target(px: object, args: argparse.Namespace, pool_db: Path | None, work:
     return res
 
 
+def _gc_figures(path: Path) -> dict | None:
+    """What gc_stats.py last wrote (`--gc-stats`), or None."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def summarise(r: dict, args: argparse.Namespace) -> str:
     ttfb, dur = r["ttfb_ms"], r["duration_ms"]
     lines = [f"{r['name']}: {r['completed']}/{r['streams']} completed (response.completed + clean chunked end), "
@@ -347,6 +361,10 @@ def summarise(r: dict, args: argparse.Namespace) -> str:
     lines.append(f"  mitmdump RSS idle {r['rss_idle_kib'] / 1024:.1f} MiB, peak {r['rss_peak_kib'] / 1024:.1f} MiB; "
                  f"{r['rss_at_streaming_peak_kib'] / 1024:.1f} MiB with {r['streaming_peak']} streaming at once "
                  f"-> {r['rss_per_stream_kib']} KiB per open stream above idle")
+    if gc := r.get("gc"):
+        n, sec = gc["collections"], gc["seconds"]
+        lines.append(f"  garbage collector: {sum(sec):.2f} s in {sum(n)} collections, of which {n[2]} of the whole "
+                     f"heap ({sec[2]:.2f} s); young-generation threshold {gc['threshold'][0]}")
     if "requests_rows" in r:
         lag = r["writer_lag_s"]
         lines.append(f"  metrics: {r['requests_rows']} requests rows ({r['requests_ok_with_usage']} ok with usage), "
@@ -380,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also bare mitmdump with the addon's deeper accept queue (backlog_only.py)")
     p.add_argument("--bare-gc", action="store_true",
                    help="also bare mitmdump with the deeper accept queue and the addon's young GC threshold")
+    p.add_argument("--gc-stats", action="store_true",
+                   help="load gc_stats.py into every mitmdump: time in the garbage collector during each run")
     p.add_argument("--body-kib", type=int, default=0,
                    help="request body of about this many KiB (an agent's conversation so far); default a short one")
     p.add_argument("--open-rate", type=float, default=0.0,
@@ -414,20 +434,26 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         pool = make_pool(work, url)
+        def stats(name: str) -> list[str]:
+            return ["-s", str(HERE / "gc_stats.py"), "--set", f"gc_stats_file={work / f'gc-{name}.json'}"] \
+                if args.gc_stats else []
+
         pools = {"addon": pool}
-        targets = [] if args.bare_only else [start_addon(work, url, pool)]
+        targets = [] if args.bare_only else [start_addon(work, url, pool, extra=stats("addon"))]
         for setting in args.variant:
             name = f"addon[{setting}]"
             variant_dir = work / f"variant-{len(pools)}"
             variant_dir.mkdir()
             pools[name] = make_pool(variant_dir, url)
-            targets.append(start_addon(variant_dir, url, pools[name], extra=["--set", setting], name=name))
+            targets.append(start_addon(variant_dir, url, pools[name], extra=["--set", setting, *stats(name)],
+                                       name=name))
         if not args.addon_only:
-            targets.insert(0, start_bare(work, url))
+            targets.insert(0, start_bare(work, url, extra=stats("bare")))
             if args.bare_backlog:
-                targets.insert(1, start_bare(work, url, backlog=True))
+                targets.insert(1, start_bare(work, url, backlog=True, extra=stats("bare+backlog")))
             if args.bare_gc:
-                targets.insert(1 + args.bare_backlog, start_bare(work, url, gc_threshold=DEFAULT_YOUNG_THRESHOLD))
+                targets.insert(1 + args.bare_backlog, start_bare(work, url, gc_threshold=DEFAULT_YOUNG_THRESHOLD,
+                                                                 extra=stats("bare+backlog+gc")))
         try:
             for rnd in range(args.rounds):
                 for px in targets:
