@@ -157,9 +157,9 @@ class AccountPool:
         self._require_keys = True
         self._fault_inject = ""
         self._upstream_hosts: frozenset[str] = frozenset()
+        """Copies of the options read per request: `ctx.options.x` deep-copies the value on every read."""
         self._gc_before: tuple[int, int, int] | None = None
         """The collector's thresholds before the addon raised them (proxy/gc_tuning.py), restored in `done`."""
-        """Copies of the options read per request: `ctx.options.x` deep-copies the value on every read."""
 
     # ------------------------------------------------------------ options
 
